@@ -1,0 +1,1 @@
+"""Block authorship (Aura), finality, fork choice: narrow engines over authority snapshots."""

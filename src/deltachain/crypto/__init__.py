@@ -1,0 +1,1 @@
+"""Keys, signatures, hashing and Merkle commitments: the bottom layer, importing nothing above it."""

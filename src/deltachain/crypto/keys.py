@@ -1,0 +1,124 @@
+"""ed25519 over pynacl as a tiny typed API whose ``verify`` raises.
+
+Addresses are the raw 32-byte ed25519 public key, written as ``0x`` + 64 lowercase hex digits.
+We chose hex over an SS58-style checksummed string: every tool (JSON-RPC, logs, sqlite) already
+speaks hex, and a wrong-length or mistyped key fails the 32-byte check or signature verification.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import NewType
+
+import nacl.exceptions
+import nacl.signing
+
+from deltachain.crypto.hashing import Hash32
+from deltachain.errors import BadSignature, InvalidKey
+
+Address = NewType("Address", bytes)
+Signature = NewType("Signature", bytes)
+
+PUBLIC_KEY_LEN = 32
+SEED_LEN = 32
+SIGNATURE_LEN = 64
+
+# Domain tags: what a signature is *for*. A vote can never be replayed as a seal or a transaction.
+DOMAIN_TX = b"deltachain/tx/v1"
+DOMAIN_SEAL = b"deltachain/seal/v1"
+DOMAIN_VOTE = b"deltachain/vote/v1"
+
+
+def signing_payload(domain: bytes, genesis_hash: Hash32, body: bytes) -> bytes:
+    """domain tag ‖ genesis hash ‖ body: binds every signature to its purpose and its chain."""
+    return bytes([len(domain)]) + domain + genesis_hash + body
+
+
+def address_to_str(address: Address) -> str:
+    return "0x" + address.hex()
+
+
+def parse_address(text: str) -> Address:
+    """Parse ``0x`` + 64 hex digits; raises InvalidKey with what was wrong."""
+    body = text[2:] if text.startswith(("0x", "0X")) else text
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raise InvalidKey(f"address {text!r} is not hex; expected 0x followed by 64 hex digits") from None
+    return PublicKey.from_bytes(raw).address
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    raw: bytes
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PublicKey:
+        if not isinstance(raw, bytes) or len(raw) != PUBLIC_KEY_LEN:
+            raise InvalidKey(f"an ed25519 public key is {PUBLIC_KEY_LEN} bytes")
+        try:
+            nacl.signing.VerifyKey(raw)
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            raise InvalidKey("not a valid ed25519 public key") from None
+        return cls(raw)
+
+    @property
+    def address(self) -> Address:
+        return Address(self.raw)
+
+    def verify(self, message: bytes, signature: bytes) -> None:
+        """Raise BadSignature unless ``signature`` is this key's signature over ``message``."""
+        if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LEN:
+            raise BadSignature(f"a signature is {SIGNATURE_LEN} bytes")
+        try:
+            nacl.signing.VerifyKey(self.raw).verify(message, signature)
+        except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
+            raise BadSignature("signature does not verify") from None
+
+
+def verify(address: Address, message: bytes, signature: bytes) -> None:
+    """Verify a signature by the key whose address is given; raises InvalidKey or BadSignature."""
+    PublicKey.from_bytes(bytes(address)).verify(message, signature)
+
+
+class Keypair:
+    """A signing key. Not a dataclass: the seed must never appear in a repr or a log line."""
+
+    __slots__ = ("_signing", "public_key")
+
+    def __init__(self, seed: bytes) -> None:
+        if not isinstance(seed, bytes) or len(seed) != SEED_LEN:
+            raise InvalidKey(f"an ed25519 seed is {SEED_LEN} bytes")
+        self._signing = nacl.signing.SigningKey(seed)
+        self.public_key = PublicKey(bytes(self._signing.verify_key))
+
+    @classmethod
+    def generate(cls) -> Keypair:
+        return cls(bytes(nacl.signing.SigningKey.generate()))
+
+    @classmethod
+    def dev(cls, name: str) -> Keypair:
+        """Well-known development keys (``//alice`` style): public, so never use them on a real chain."""
+        return cls(hashlib.sha256(b"deltachain/dev-key/" + name.lower().encode()).digest())
+
+    @property
+    def address(self) -> Address:
+        return self.public_key.address
+
+    @property
+    def seed(self) -> bytes:
+        return bytes(self._signing)
+
+    def sign(self, message: bytes) -> Signature:
+        return Signature(self._signing.sign(message).signature)
+
+    def __repr__(self) -> str:
+        return f"Keypair({address_to_str(self.address)})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Keypair) and hmac.compare_digest(self.seed, other.seed)
+
+    def __hash__(self) -> int:
+        return hash(self.public_key.raw)

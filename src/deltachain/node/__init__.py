@@ -1,0 +1,1 @@
+"""Service wiring: storage, transaction pool, RPC, CLI, (later) the network."""

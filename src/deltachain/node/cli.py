@@ -1,0 +1,340 @@
+"""The ``deltachain`` command line: run a node, manage keys, send transactions, query the chain.
+
+Every failure a user can cause ends with one line ``error: <what is wrong and what to do>`` and
+exit status 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from deltachain import __version__
+from deltachain.chain import construct_runtime
+from deltachain.crypto.keys import Keypair, address_to_str, parse_address
+from deltachain.crypto.keystore import encrypt_key, plain_key, read_key_file, write_key_file
+from deltachain.errors import DeltachainError, KeystoreError
+from deltachain.node.rpc import block_json, header_json
+from deltachain.node.rpc_client import DEFAULT_RPC, RpcClient
+from deltachain.node.storage import Storage
+from deltachain.primitives.chainspec import ChainSpec, dev_chain_spec, load_chain_spec
+from deltachain.primitives.transaction import sign_transaction
+from deltachain.runtime.state import State
+
+log = logging.getLogger("deltachain")
+
+
+def default_base_path(chain_id: str) -> Path:
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "deltachain" / chain_id
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def read_password(password_file: str | None, *, confirm: bool = False) -> str | None:
+    if password_file:
+        return Path(password_file).read_text().rstrip("\n")
+    if "DELTACHAIN_PASSWORD" in os.environ:
+        return os.environ["DELTACHAIN_PASSWORD"]
+    if not sys.stdin.isatty():
+        return None
+    password = getpass.getpass("key password: ")
+    if confirm and getpass.getpass("repeat password: ") != password:
+        raise KeystoreError("the passwords do not match")
+    return password
+
+
+def load_key(spec: str, password_file: str | None = None) -> Keypair:
+    """``//name`` is a well-known dev key; anything else is a key file path."""
+    if spec.startswith("//"):
+        return Keypair.dev(spec[2:])
+    path = Path(spec)
+    if not path.exists():
+        raise KeystoreError(f"key {spec!r} is neither a //dev name nor an existing key file")
+    content = path.read_text()
+    needs_password = "plain_seed" not in content
+    return read_key_file(path, read_password(password_file) if needs_password else None)
+
+
+def cmd_key_generate(args: argparse.Namespace) -> int:
+    keypair = Keypair.generate()
+    if args.out:
+        if args.plain:
+            content = plain_key(keypair)
+        else:
+            password = read_password(args.password_file, confirm=True)
+            if password is None:
+                raise KeystoreError("no password: use --password-file, DELTACHAIN_PASSWORD, a "
+                                    "terminal, or --plain for an unencrypted dev key")
+            content = encrypt_key(keypair, password)
+        write_key_file(Path(args.out), content)
+        print(f"address: {address_to_str(keypair.address)}")
+        print(f"key file: {args.out} ({'plain' if args.plain else 'encrypted'}, mode 0600)")
+    else:
+        print(f"address: {address_to_str(keypair.address)}")
+        print(f"secret seed: 0x{keypair.seed.hex()}  (keep it secret; use --out FILE to store it)")
+    return 0
+
+
+def cmd_key_inspect(args: argparse.Namespace) -> int:
+    if args.key.startswith("0x") and len(args.key) == 66 and not Path(args.key).exists():
+        address = parse_address(args.key)
+    else:
+        address = load_key(args.key, args.password_file).address
+    _emit(args, {"address": address_to_str(address), "publicKey": "0x" + bytes(address).hex()})
+    return 0
+
+
+def cmd_key_node_key(args: argparse.Namespace) -> int:
+    keypair = Keypair.generate()
+    write_key_file(Path(args.out), plain_key(keypair))
+    print(f"node key written to {args.out}")
+    return 0
+
+
+# --- node -------------------------------------------------------------------------------------
+
+
+def resolve_spec(args: argparse.Namespace) -> ChainSpec:
+    if args.chain:
+        return load_chain_spec(Path(args.chain))
+    if getattr(args, "dev", False):
+        return dev_chain_spec()
+    raise DeltachainError("no chain given: pass --dev or --chain genesis.json")
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    from deltachain.node.service import NodeConfig, run_node
+
+    spec = resolve_spec(args)
+    key = None
+    if args.key:
+        key = load_key(args.key, args.password_file)
+    elif args.dev or args.validator:
+        key = Keypair.dev("alice") if args.dev else None
+        if key is None:
+            raise DeltachainError("--validator needs --key (a key file or //name)")
+    base_path = Path(args.base_path) if args.base_path else default_base_path(spec.id)
+    config = NodeConfig(spec=spec, base_path=base_path, key=key, name=args.name,
+                        rpc_host=args.rpc_host, rpc_port=args.rpc_port, archive=args.archive)
+    asyncio.run(run_node(config))
+    return 0
+
+
+# --- transactions -----------------------------------------------------------------------------
+
+
+def send_call(args: argparse.Namespace, module: str, function: str, call_args: dict[str, Any]) -> int:
+    client = RpcClient(args.rpc)
+    key = load_key(args.key, args.password_file)
+    genesis = bytes.fromhex(client.call("chain_getGenesisHash")[2:])
+    nonce = client.call("system_accountNextIndex", address_to_str(key.address))
+    tx = sign_transaction(key, genesis, nonce, module, function, call_args)  # type: ignore[arg-type]
+    tx_hash = client.call("author_submitExtrinsic", "0x" + tx.encode().hex())
+    print(f"submitted {module}.{function} as {tx_hash}")
+    if args.wait != "none":
+        wait_for(client, tx_hash, args.wait, args.timeout)
+    return 0
+
+
+def wait_for(client: RpcClient, tx_hash: str, until: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    wanted = {"in-block": ("inBlock", "finalized"), "finalized": ("finalized",)}[until]
+    last = None
+    while time.monotonic() < deadline:
+        status = client.call("author_extrinsicStatus", tx_hash)
+        if status["status"] != last:
+            last = status["status"]
+            where = f" in block #{status['block']}" if "block" in status else ""
+            print(f"  status: {last}{where}")
+        if status["status"] in wanted:
+            return
+        if status["status"] == "unknown":
+            raise DeltachainError("the node dropped the transaction (see the node log for why)")
+        time.sleep(0.25)
+    raise DeltachainError(f"transaction not {until} within {timeout:.0f} s; check the node is authoring")
+
+
+def cmd_register_client(args: argparse.Namespace) -> int:
+    return send_call(args, "system", "register_client", {"client": parse_address(args.client)})
+
+
+def cmd_revoke_client(args: argparse.Namespace) -> int:
+    return send_call(args, "system", "revoke_client", {"client": parse_address(args.client)})
+
+
+def cmd_remark(args: argparse.Namespace) -> int:
+    return send_call(args, "system", "remark", {"data": args.text.encode()})
+
+
+# --- queries ----------------------------------------------------------------------------------
+
+
+def _emit(args: argparse.Namespace, value: Any) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(value, indent=2, sort_keys=True))
+    elif isinstance(value, dict):
+        width = max((len(k) for k in value), default=0)
+        for key, item in value.items():
+            print(f"{key:<{width}}  {item}")
+    elif isinstance(value, list):
+        for item in value:
+            print(item)
+    else:
+        print(value)
+
+
+class OfflineChain:
+    """Answers queries from a (possibly running) node's database, for use without RPC."""
+
+    def __init__(self, base_path: Path) -> None:
+        self.storage = Storage.open_existing(base_path)
+        self.runtime = construct_runtime()
+
+    def call(self, method: str, *params: Any) -> Any:
+        s = self.storage
+        if method == "chain_getHeader":
+            return header_json(s.best_header() if not params else s.header(bytes.fromhex(params[0][2:])))  # type: ignore[arg-type]
+        if method == "chain_getFinalizedHead":
+            return "0x" + s.finalized_hash().hex()
+        if method == "chain_getBlockHash":
+            return "0x" + s.canonical_hash(params[0]).hex()
+        if method == "chain_getBlock":
+            return block_json(s.block(bytes.fromhex(params[0][2:])))  # type: ignore[arg-type]
+        if method == "author_extrinsicStatus":
+            loc = s.tx_location(bytes.fromhex(params[0][2:]))  # type: ignore[arg-type]
+            return {"status": "inBlock", "block": loc.block_number,
+                    "blockHash": "0x" + loc.block_hash.hex(), "index": loc.index}
+        if method == "runtime_query":
+            module, name, qargs = params
+            if "address" in qargs:
+                qargs = {**qargs, "address": parse_address(qargs["address"])}
+            state = State(s, s.state_root_at(s.best_hash()))
+            return self.runtime.module(module).query(state, name, qargs)
+        raise DeltachainError(f"{method} needs a running node (--rpc)")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    source: Any = OfflineChain(Path(args.base_path)) if args.base_path else RpcClient(args.rpc)
+    what = args.what
+    if what == "head":
+        header = source.call("chain_getHeader")
+        finalized = source.call("chain_getFinalizedHead")
+        _emit(args, {**header, "finalizedHash": finalized})
+    elif what == "block":
+        if args.arg is None:
+            raise DeltachainError("usage: deltachain query block NUMBER")
+        block_hash = source.call("chain_getBlockHash", int(args.arg))
+        if block_hash is None:
+            raise DeltachainError(f"no block #{args.arg} yet")
+        block = source.call("chain_getBlock", block_hash)["block"]
+        _emit(args, {**block["header"], "extrinsics": len(block["extrinsics"])}
+              if not args.json else block)
+    elif what == "tx":
+        if args.arg is None:
+            raise DeltachainError("usage: deltachain query tx 0xHASH")
+        _emit(args, source.call("author_extrinsicStatus", args.arg))
+    elif what == "account":
+        if args.arg is None:
+            raise DeltachainError("usage: deltachain query account 0xADDRESS")
+        _emit(args, source.call("runtime_query", "system", "account", {"address": args.arg}))
+    elif what in ("clients", "validators"):
+        name = "clients" if what == "clients" else "authorities"
+        _emit(args, source.call("runtime_query", "system", name, {}))
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deltachain", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"deltachain {__version__}")
+    p.add_argument("-l", "--log-level", default="info", help="debug, info, warning, error")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    node = sub.add_parser("node", help="run a node")
+    node.add_argument("--dev", action="store_true",
+                      help="single-validator development chain authored by //alice")
+    node.add_argument("--chain", help="chain spec file (genesis.json)")
+    node.add_argument("--base-path", help="database directory")
+    node.add_argument("--validator", action="store_true", help="author blocks (needs --key)")
+    node.add_argument("--key", help="validator key: a key file or a //dev name")
+    node.add_argument("--password-file")
+    node.add_argument("--name", default="deltachain", help="node name shown to peers and in RPC")
+    node.add_argument("--rpc-host", default="127.0.0.1")
+    node.add_argument("--rpc-port", type=int, default=9944)
+    node.add_argument("--archive", action="store_true", help="keep every state (no pruning)")
+    node.set_defaults(func=cmd_node)
+
+    key = sub.add_parser("key", help="generate and inspect keys").add_subparsers(dest="key_cmd",
+                                                                               required=True)
+    gen = key.add_parser("generate", help="new ed25519 account key")
+    gen.add_argument("--out", help="write an encrypted key file here")
+    gen.add_argument("--plain", action="store_true", help="with --out: unencrypted (dev only)")
+    gen.add_argument("--password-file")
+    gen.set_defaults(func=cmd_key_generate)
+    ins = key.add_parser("inspect", help="show the address of a key file, //name or 0x address")
+    ins.add_argument("key")
+    ins.add_argument("--password-file")
+    ins.add_argument("--json", action="store_true")
+    ins.set_defaults(func=cmd_key_inspect)
+    nk = key.add_parser("generate-node-key", help="new p2p identity key file")
+    nk.add_argument("--out", required=True)
+    nk.set_defaults(func=cmd_key_node_key)
+
+    def tx_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        t = sub.add_parser(name, help=help_text)
+        t.add_argument("--key", required=True, help="signing key: key file or //name")
+        t.add_argument("--password-file")
+        t.add_argument("--rpc", default=DEFAULT_RPC)
+        t.add_argument("--wait", choices=("none", "in-block", "finalized"), default="in-block")
+        t.add_argument("--timeout", type=float, default=30.0)
+        return t
+
+    reg = tx_parser("register-client", "admin: allow a client to submit transactions")
+    reg.add_argument("client", help="client address (0x…)")
+    reg.set_defaults(func=cmd_register_client)
+    rev = tx_parser("revoke-client", "admin: remove a client")
+    rev.add_argument("client", help="client address (0x…)")
+    rev.set_defaults(func=cmd_revoke_client)
+    rem = tx_parser("remark", "record a short note on chain (a test transaction)")
+    rem.add_argument("text")
+    rem.set_defaults(func=cmd_remark)
+
+    q = sub.add_parser("query", help="read chain state")
+    q.add_argument("what", choices=("head", "block", "tx", "account", "clients", "validators"))
+    q.add_argument("arg", nargs="?")
+    q.add_argument("--rpc", default=DEFAULT_RPC, help="node to ask (default %(default)s)")
+    q.add_argument("--base-path", help="read a node's database directly instead of RPC")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_query)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args))
+    except DeltachainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Wire objects (headers, blocks, transactions), typed ids and the chain spec."""

@@ -1,0 +1,1 @@
+"""The state transition and the module interface; knows nothing of networking or storage."""

@@ -1,0 +1,187 @@
+"""The state transition, top to bottom: genesis, transactions, blocks.
+
+``apply_block`` checks the body against the header, applies every transaction in a write layer,
+runs each module's ``on_finalize``, folds the writes into a new state root and rejects the block
+if any step disagrees with the header. It changes a working copy only; the caller persists the
+returned diff. Consensus checks (slot, author, seal) live in ``consensus/`` and run first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from deltachain import codec
+from deltachain.errors import (
+    ChainSpecError,
+    CryptoError,
+    FutureNonce,
+    InvalidBlock,
+    InvalidTransaction,
+    StaleNonce,
+    Unauthorized,
+    UnknownCall,
+    WrongChain,
+)
+from deltachain.primitives.block import Block, Header, extrinsics_root, genesis_header
+from deltachain.primitives.chainspec import ChainSpec
+from deltachain.primitives.transaction import SignedTransaction
+from deltachain.primitives.types import Hash32, Signature
+from deltachain.runtime import system
+from deltachain.runtime.module import BlockEnv, Event, Module
+from deltachain.runtime.state import State, StateDiff, StateStore
+
+
+class Runtime:
+    """The modules a chain runs, by name; ``system`` is always first."""
+
+    def __init__(self, modules: Sequence[Module]) -> None:
+        self.modules: dict[str, Module] = {}
+        for module in (system.SystemModule(), *modules):
+            if module.name in self.modules:
+                raise ValueError(f"duplicate runtime module {module.name!r}")
+            self.modules[module.name] = module
+
+    def module(self, name: str) -> Module:
+        try:
+            return self.modules[name]
+        except KeyError:
+            raise UnknownCall(f"this chain has no module {name!r}") from None
+
+
+@dataclass(frozen=True)
+class Genesis:
+    header: Header
+    diff: StateDiff
+
+    @property
+    def hash(self) -> Hash32:
+        return self.header.hash
+
+
+def build_genesis(runtime: Runtime, spec: ChainSpec, store: StateStore) -> Genesis:
+    """Genesis state from the spec; raises ChainSpecError on a bad or unknown module section."""
+    unknown = set(spec.runtime) - set(runtime.modules)
+    if unknown:
+        raise ChainSpecError(f"chain spec: no runtime module named {sorted(unknown)[0]!r}")
+    state = State(store)
+    state.set(system.KEY_AUTHORITIES, codec.encode(list(spec.authorities)))
+    for name, module in runtime.modules.items():
+        module.build_genesis(state, spec.runtime.get(name, {}))
+    diff = state.commit_root()
+    return Genesis(genesis_header(diff.root), diff)
+
+
+@dataclass(frozen=True)
+class CheckedTransaction:
+    tx: SignedTransaction
+    call: object
+
+
+def check_transaction(runtime: Runtime, state: State, tx: SignedTransaction, genesis_hash: Hash32,
+                      *, allow_future: bool = False) -> CheckedTransaction:
+    """Everything that decides whether ``tx`` may be applied now (or, with allow_future, later).
+
+    Raises: UnknownCall / InvalidCall (bad call), Unauthorized (sender not on this permissioned
+    chain, or not allowed this call), StaleNonce / FutureNonce, WrongChain (signature does not
+    verify for this chain's genesis hash: either forged or signed for another chain).
+    """
+    module = runtime.module(tx.call.module)
+    call = module.decode_call(tx.call.function, tx.call.args)
+    if not system.may_transact(state, tx.sender):
+        raise Unauthorized("sender is not a registered client; ask the chain admin to register it")
+    expected = system.get_nonce(state, tx.sender)
+    if tx.nonce < expected:
+        raise StaleNonce(expected, tx.nonce)
+    if tx.nonce > expected and not allow_future:
+        raise FutureNonce(expected, tx.nonce)
+    try:
+        tx.verify_signature(genesis_hash)
+    except CryptoError:
+        raise WrongChain("signature does not verify for this chain (wrong key or wrong genesis "
+                         "hash)") from None
+    if tx.nonce == expected:
+        module.validate_call(state, tx.sender, call)
+    return CheckedTransaction(tx, call)
+
+
+def apply_transaction(runtime: Runtime, state: State, tx: SignedTransaction,
+                      env: BlockEnv) -> list[Event]:
+    """Check and apply one transaction atomically: on any error nothing it wrote remains."""
+    checked = check_transaction(runtime, state, tx, env.genesis_hash)
+    with state.layer():
+        system.bump_nonce(state, tx.sender)
+        return runtime.module(tx.call.module).apply_call(state, tx.sender, checked.call, env)
+
+
+def finalize_block(runtime: Runtime, state: State, env: BlockEnv) -> list[Event]:
+    events: list[Event] = []
+    for module in runtime.modules.values():
+        events.extend(module.on_finalize(state, env))
+    return events
+
+
+@dataclass
+class BlockOutput:
+    diff: StateDiff
+    tx_events: list[list[Event]] = field(default_factory=list)
+    finalize_events: list[Event] = field(default_factory=list)
+
+
+def env_for(header: Header, genesis_hash: Hash32) -> BlockEnv:
+    return BlockEnv(genesis_hash, header.parent_hash, header.number, header.slot, header.author)
+
+
+def apply_block(runtime: Runtime, state: State, block: Block, genesis_hash: Hash32) -> BlockOutput:
+    """Execute ``block`` on ``state`` (its parent's state); raises InvalidBlock on any mismatch."""
+    header = block.header
+    if header.extrinsics_root != extrinsics_root(block.transactions):
+        raise InvalidBlock("extrinsics root does not match the block body")
+    if state.get(system.KEY_AUTHORITIES) is None:
+        raise InvalidBlock("parent state has no authority set")
+    env = env_for(header, genesis_hash)
+    output = BlockOutput(diff=StateDiff(root=state.base_root))
+    for index, tx in enumerate(block.transactions):
+        try:
+            output.tx_events.append(apply_transaction(runtime, state, tx, env))
+        except InvalidTransaction as exc:
+            raise InvalidBlock(f"transaction {index} ({tx.hash.hex()[:16]}…) is invalid: {exc}") from None
+    output.finalize_events = finalize_block(runtime, state, env)
+    output.diff = state.commit_root()
+    if output.diff.root != header.state_root:
+        raise InvalidBlock(
+            f"state root mismatch: header says {header.state_root.hex()}, "
+            f"execution gives {output.diff.root.hex()}"
+        )
+    return output
+
+
+@dataclass
+class BuiltBlock:
+    header: Header  # unsealed
+    transactions: tuple[SignedTransaction, ...]
+    output: BlockOutput
+    rejected: list[tuple[SignedTransaction, InvalidTransaction]]
+
+
+def build_block(runtime: Runtime, state: State, env: BlockEnv,
+                candidates: Iterable[SignedTransaction], *, max_txs: int) -> BuiltBlock:
+    """Author a block body: apply candidates in order, skipping (and reporting) invalid ones."""
+    included: list[SignedTransaction] = []
+    output = BlockOutput(diff=StateDiff(root=state.base_root))
+    rejected: list[tuple[SignedTransaction, InvalidTransaction]] = []
+    for tx in candidates:
+        if len(included) >= max_txs:
+            break
+        try:
+            output.tx_events.append(apply_transaction(runtime, state, tx, env))
+        except InvalidTransaction as exc:
+            rejected.append((tx, exc))
+            continue
+        included.append(tx)
+    output.finalize_events = finalize_block(runtime, state, env)
+    output.diff = state.commit_root()
+    txs = tuple(included)
+    header = Header(env.parent_hash, env.number, env.slot, output.diff.root, extrinsics_root(txs),
+                    env.author, Signature(b""))
+    return BuiltBlock(header, txs, output, rejected)

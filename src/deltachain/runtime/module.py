@@ -1,0 +1,66 @@
+"""The module interface: what a runtime module (a Substrate pallet) provides.
+
+A module owns a key prefix in the state, decodes its own calls into typed objects, validates and
+applies them, and may act at the end of every block (``on_finalize``). The runtime dispatches to
+modules by name and never imports any of them: the chain's composition point hands it the list.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from deltachain.errors import NotFound, UnknownCall
+from deltachain.primitives.types import Address, BlockNumber, Hash32, Slot
+from deltachain.runtime.state import State
+
+
+@dataclass(frozen=True)
+class BlockEnv:
+    """What a block's execution may know about its context; identical on every validator."""
+
+    genesis_hash: Hash32
+    parent_hash: Hash32
+    number: BlockNumber
+    slot: Slot
+    author: Address
+
+
+@dataclass(frozen=True)
+class Event:
+    module: str
+    name: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_obj(self) -> list[Any]:
+        return [self.module, self.name, dict(self.data)]
+
+
+class Module(ABC):
+    """Base class for runtime modules; override what the module needs."""
+
+    name: str = ""
+
+    def build_genesis(self, state: State, config: Mapping[str, Any]) -> None:
+        """Write the module's genesis state from its chain-spec section (raise ChainSpecError)."""
+
+    def decode_call(self, function: str, args: Mapping[str, Any]) -> object:
+        """Turn wire arguments into a typed call (raise UnknownCall / InvalidCall)."""
+        raise UnknownCall(f"module {self.name!r} has no function {function!r}")
+
+    def validate_call(self, state: State, sender: Address, call: object) -> None:
+        """Checks that need state but change nothing; the pool runs these before admitting a tx."""
+
+    @abstractmethod
+    def apply_call(self, state: State, sender: Address, call: object, env: BlockEnv) -> list[Event]:
+        """Apply a call that ``validate_call`` accepted (raise InvalidTransaction otherwise)."""
+
+    def on_finalize(self, state: State, env: BlockEnv) -> list[Event]:
+        """End-of-block hook (e.g. closing a model round)."""
+        return []
+
+    def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
+        """Read-only queries for RPC and CLI (raise NotFound / InvalidCall)."""
+        raise NotFound(f"module {self.name!r} has no query {name!r}")
