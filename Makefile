@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 testnet: $(STAMP)
-	$(BIN)/deltachain node --dev --chain genesis.json --base-path .testnet/dev
+	$(BIN)/deltachain node --dev --base-path .testnet/dev
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'

@@ -29,8 +29,14 @@ def seal_header(header: Header, keypair: Keypair, genesis_hash: Hash32) -> Heade
     return header.with_seal(Signature(keypair.sign(seal_payload(header, genesis_hash))))
 
 
-def verify_header(header: Header, parent: Header, authorities: Sequence[Address],
-                  genesis_hash: Hash32, *, now_slot: Slot | None) -> None:
+def verify_header(
+    header: Header,
+    parent: Header,
+    authorities: Sequence[Address],
+    genesis_hash: Hash32,
+    *,
+    now_slot: Slot | None,
+) -> None:
     """Raise InvalidBlock / InvalidSeal unless ``header`` may follow ``parent``.
 
     ``now_slot`` is None when importing historical blocks during sync (the future-slot rule
@@ -51,7 +57,8 @@ def verify_header(header: Header, parent: Header, authorities: Sequence[Address]
             f"not {address_to_str(header.author)}"
         )
     try:
-        PublicKey.from_bytes(bytes(header.author)).verify(seal_payload(header, genesis_hash),
-                                                          header.seal)
+        PublicKey.from_bytes(bytes(header.author)).verify(
+            seal_payload(header, genesis_hash), header.seal
+        )
     except CryptoError:
         raise InvalidSeal("the block seal does not verify") from None

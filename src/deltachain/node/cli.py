@@ -23,11 +23,12 @@ from deltachain.chain import construct_runtime
 from deltachain.crypto.keys import Keypair, address_to_str, parse_address
 from deltachain.crypto.keystore import encrypt_key, plain_key, read_key_file, write_key_file
 from deltachain.errors import DeltachainError, KeystoreError
-from deltachain.node.rpc import block_json, header_json
+from deltachain.node.rpc import RpcError, block_json, header_json, unhex
 from deltachain.node.rpc_client import DEFAULT_RPC, RpcClient
 from deltachain.node.storage import Storage
 from deltachain.primitives.chainspec import ChainSpec, dev_chain_spec, load_chain_spec
 from deltachain.primitives.transaction import sign_transaction
+from deltachain.primitives.types import Hash32
 from deltachain.runtime.state import State
 
 log = logging.getLogger("deltachain")
@@ -74,8 +75,10 @@ def cmd_key_generate(args: argparse.Namespace) -> int:
         else:
             password = read_password(args.password_file, confirm=True)
             if password is None:
-                raise KeystoreError("no password: use --password-file, DELTACHAIN_PASSWORD, a "
-                                    "terminal, or --plain for an unencrypted dev key")
+                raise KeystoreError(
+                    "no password: use --password-file, DELTACHAIN_PASSWORD, a "
+                    "terminal, or --plain for an unencrypted dev key"
+                )
             content = encrypt_key(keypair, password)
         write_key_file(Path(args.out), content)
         print(f"address: {address_to_str(keypair.address)}")
@@ -125,8 +128,15 @@ def cmd_node(args: argparse.Namespace) -> int:
         if key is None:
             raise DeltachainError("--validator needs --key (a key file or //name)")
     base_path = Path(args.base_path) if args.base_path else default_base_path(spec.id)
-    config = NodeConfig(spec=spec, base_path=base_path, key=key, name=args.name,
-                        rpc_host=args.rpc_host, rpc_port=args.rpc_port, archive=args.archive)
+    config = NodeConfig(
+        spec=spec,
+        base_path=base_path,
+        key=key,
+        name=args.name,
+        rpc_host=args.rpc_host,
+        rpc_port=args.rpc_port,
+        archive=args.archive,
+    )
     asyncio.run(run_node(config))
     return 0
 
@@ -134,12 +144,14 @@ def cmd_node(args: argparse.Namespace) -> int:
 # --- transactions -----------------------------------------------------------------------------
 
 
-def send_call(args: argparse.Namespace, module: str, function: str, call_args: dict[str, Any]) -> int:
+def send_call(
+    args: argparse.Namespace, module: str, function: str, call_args: dict[str, Any]
+) -> int:
     client = RpcClient(args.rpc)
     key = load_key(args.key, args.password_file)
-    genesis = bytes.fromhex(client.call("chain_getGenesisHash")[2:])
+    genesis = _hash(client.call("chain_getGenesisHash"))
     nonce = client.call("system_accountNextIndex", address_to_str(key.address))
-    tx = sign_transaction(key, genesis, nonce, module, function, call_args)  # type: ignore[arg-type]
+    tx = sign_transaction(key, genesis, nonce, module, function, call_args)
     tx_hash = client.call("author_submitExtrinsic", "0x" + tx.encode().hex())
     print(f"submitted {module}.{function} as {tx_hash}")
     if args.wait != "none":
@@ -162,7 +174,9 @@ def wait_for(client: RpcClient, tx_hash: str, until: str, timeout: float) -> Non
         if status["status"] == "unknown":
             raise DeltachainError("the node dropped the transaction (see the node log for why)")
         time.sleep(0.25)
-    raise DeltachainError(f"transaction not {until} within {timeout:.0f} s; check the node is authoring")
+    raise DeltachainError(
+        f"transaction not {until} within {timeout:.0f} s; check the node is authoring"
+    )
 
 
 def cmd_register_client(args: argparse.Namespace) -> int:
@@ -194,6 +208,13 @@ def _emit(args: argparse.Namespace, value: Any) -> None:
         print(value)
 
 
+def _hash(value: str) -> Hash32:
+    try:
+        return Hash32(unhex(value, "hash", 32))
+    except RpcError as exc:
+        raise DeltachainError(exc.message) from None
+
+
 class OfflineChain:
     """Answers queries from a (possibly running) node's database, for use without RPC."""
 
@@ -204,17 +225,21 @@ class OfflineChain:
     def call(self, method: str, *params: Any) -> Any:
         s = self.storage
         if method == "chain_getHeader":
-            return header_json(s.best_header() if not params else s.header(bytes.fromhex(params[0][2:])))  # type: ignore[arg-type]
+            return header_json(s.best_header() if not params else s.header(_hash(params[0])))
         if method == "chain_getFinalizedHead":
             return "0x" + s.finalized_hash().hex()
         if method == "chain_getBlockHash":
             return "0x" + s.canonical_hash(params[0]).hex()
         if method == "chain_getBlock":
-            return block_json(s.block(bytes.fromhex(params[0][2:])))  # type: ignore[arg-type]
+            return block_json(s.block(_hash(params[0])))
         if method == "author_extrinsicStatus":
-            loc = s.tx_location(bytes.fromhex(params[0][2:]))  # type: ignore[arg-type]
-            return {"status": "inBlock", "block": loc.block_number,
-                    "blockHash": "0x" + loc.block_hash.hex(), "index": loc.index}
+            loc = s.tx_location(_hash(params[0]))
+            return {
+                "status": "inBlock",
+                "block": loc.block_number,
+                "blockHash": "0x" + loc.block_hash.hex(),
+                "index": loc.index,
+            }
         if method == "runtime_query":
             module, name, qargs = params
             if "address" in qargs:
@@ -238,8 +263,10 @@ def cmd_query(args: argparse.Namespace) -> int:
         if block_hash is None:
             raise DeltachainError(f"no block #{args.arg} yet")
         block = source.call("chain_getBlock", block_hash)["block"]
-        _emit(args, {**block["header"], "extrinsics": len(block["extrinsics"])}
-              if not args.json else block)
+        _emit(
+            args,
+            {**block["header"], "extrinsics": len(block["extrinsics"])} if not args.json else block,
+        )
     elif what == "tx":
         if args.arg is None:
             raise DeltachainError("usage: deltachain query tx 0xHASH")
@@ -254,6 +281,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vectors(args: argparse.Namespace) -> int:
+    from deltachain.vectors import run_files
+
+    return 1 if run_files([Path(p) for p in args.files]) else 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -264,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     node = sub.add_parser("node", help="run a node")
-    node.add_argument("--dev", action="store_true",
-                      help="single-validator development chain authored by //alice")
+    node.add_argument(
+        "--dev", action="store_true", help="single-validator development chain authored by //alice"
+    )
     node.add_argument("--chain", help="chain spec file (genesis.json)")
     node.add_argument("--base-path", help="database directory")
     node.add_argument("--validator", action="store_true", help="author blocks (needs --key)")
@@ -277,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--archive", action="store_true", help="keep every state (no pruning)")
     node.set_defaults(func=cmd_node)
 
-    key = sub.add_parser("key", help="generate and inspect keys").add_subparsers(dest="key_cmd",
-                                                                               required=True)
+    key = sub.add_parser("key", help="generate and inspect keys").add_subparsers(
+        dest="key_cmd", required=True
+    )
     gen = key.add_parser("generate", help="new ed25519 account key")
     gen.add_argument("--out", help="write an encrypted key file here")
     gen.add_argument("--plain", action="store_true", help="with --out: unencrypted (dev only)")
@@ -319,14 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--base-path", help="read a node's database directly instead of RPC")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.set_defaults(func=cmd_query)
+    vec = sub.add_parser("vectors", help="state-transition vectors").add_subparsers(
+        dest="vectors_cmd", required=True
+    )
+    run = vec.add_parser("run", help="replay vector files; exit 1 if any fails")
+    run.add_argument("files", nargs="+")
+    run.set_defaults(func=cmd_vectors)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return int(args.func(args))
     except DeltachainError as exc:

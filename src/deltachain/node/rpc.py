@@ -80,8 +80,12 @@ def header_json(header: Header) -> dict[str, Any]:
 
 
 def block_json(block: Block) -> dict[str, Any]:
-    return {"block": {"header": header_json(block.header),
-                      "extrinsics": [hex0x(tx.encode()) for tx in block.transactions]}}
+    return {
+        "block": {
+            "header": header_json(block.header),
+            "extrinsics": [hex0x(tx.encode()) for tx in block.transactions],
+        }
+    }
 
 
 Handler = Callable[[list[Any]], Awaitable[Any]]
@@ -118,13 +122,18 @@ class RpcServer:
     def _const(value: Any) -> Handler:
         async def handler(params: list[Any]) -> Any:
             return value
+
         return handler
 
     async def _rpc_methods(self, params: list[Any]) -> Any:
         return {"methods": sorted(self.methods)}
 
     async def _health(self, params: list[Any]) -> Any:
-        return {"peers": 0, "isSyncing": False, "shouldHavePeers": len(self.chain.spec.authorities) > 1}
+        return {
+            "peers": 0,
+            "isSyncing": False,
+            "shouldHavePeers": len(self.chain.spec.authorities) > 1,
+        }
 
     def _block_hash_param(self, params: list[Any]) -> Hash32:
         if not params or params[0] is None:
@@ -205,8 +214,11 @@ class RpcServer:
     async def dispatch(self, request: Any) -> dict[str, Any] | None:
         req_id = request.get("id") if isinstance(request, dict) else None
         try:
-            if (not isinstance(request, dict) or request.get("jsonrpc") != "2.0"
-                    or not isinstance(request.get("method"), str)):
+            if (
+                not isinstance(request, dict)
+                or request.get("jsonrpc") != "2.0"
+                or not isinstance(request.get("method"), str)
+            ):
                 raise RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
             params = request.get("params", [])
             if not isinstance(params, list):
@@ -216,16 +228,30 @@ class RpcServer:
                 raise RpcError(METHOD_NOT_FOUND, f"method {request['method']!r} not found")
             result = await handler(params)
         except RpcError as exc:
-            return {"jsonrpc": "2.0", "id": req_id, "error": {"code": exc.code, "message": exc.message}}
+            return {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": {"code": exc.code, "message": exc.message},
+            }
         except NotFound as exc:
-            return {"jsonrpc": "2.0", "id": req_id, "error": {"code": NOT_FOUND, "message": str(exc)}}
+            return {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": {"code": NOT_FOUND, "message": str(exc)},
+            }
         except DeltachainError as exc:
-            return {"jsonrpc": "2.0", "id": req_id,
-                    "error": {"code": INVALID_PARAMS, "message": str(exc)}}
+            return {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": {"code": INVALID_PARAMS, "message": str(exc)},
+            }
         except Exception:
             log.exception("RPC method %s failed", request.get("method"))
-            return {"jsonrpc": "2.0", "id": req_id,
-                    "error": {"code": INTERNAL_ERROR, "message": "internal error (see node log)"}}
+            return {
+                "jsonrpc": "2.0",
+                "id": req_id,
+                "error": {"code": INTERNAL_ERROR, "message": "internal error (see node log)"},
+            }
         if isinstance(request, dict) and "id" not in request:
             return None  # a notification gets no response
         return {"jsonrpc": "2.0", "id": req_id, "result": result}
@@ -256,5 +282,6 @@ class RpcServer:
 
 
 def _error_response(code: int, message: str, status: int = 200) -> web.Response:
-    return web.json_response({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}},
-                             status=status)
+    return web.json_response(
+        {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}, status=status
+    )

@@ -69,8 +69,12 @@ class TxPool:
                 totals[1] += self._entries[tx_hash].size
 
     def stats(self) -> dict[str, int]:
-        return {"ready": self._ready[0], "future": self._future[0],
-                "ready_bytes": self._ready[1], "future_bytes": self._future[1]}
+        return {
+            "ready": self._ready[0],
+            "future": self._future[0],
+            "ready_bytes": self._ready[1],
+            "future_bytes": self._future[1],
+        }
 
     def add(self, tx: SignedTransaction, size: int, account_nonce: int) -> str:
         """Admit a validated transaction; returns "ready" or "future".
@@ -85,8 +89,10 @@ class TxPool:
             raise StaleNonce(account_nonce, tx.nonce)
         sender_txs = self._by_sender.get(tx.sender, {})
         if tx.nonce in sender_txs:
-            raise AlreadyKnown(f"the pool already holds a transaction with nonce {tx.nonce} from "
-                               "this sender; wait for it to be included")
+            raise AlreadyKnown(
+                f"the pool already holds a transaction with nonce {tx.nonce} from "
+                "this sender; wait for it to be included"
+            )
         self._account_nonce[tx.sender] = account_nonce
         contiguous = account_nonce + len(self._ready_run(tx.sender))
         kind = "ready" if tx.nonce == contiguous else "future"
@@ -143,7 +149,7 @@ class TxPool:
         self._recount()
 
     def on_new_state(self, account_nonce: Callable[[Address], int]) -> list[Hash32]:
-        """After a block: forget transactions whose nonce is now used; future ones may become ready."""
+        """After a block: forget transactions whose nonce is used; future ones may become ready."""
         dropped: list[Hash32] = []
         for sender in list(self._by_sender):
             nonce = account_nonce(sender)

@@ -44,8 +44,15 @@ class Header:
     seal: Signature
 
     def _fields(self, seal: bytes) -> list[Any]:
-        return [self.parent_hash, self.number, self.slot, self.state_root, self.extrinsics_root,
-                self.author, seal]
+        return [
+            self.parent_hash,
+            self.number,
+            self.slot,
+            self.state_root,
+            self.extrinsics_root,
+            self.author,
+            seal,
+        ]
 
     def encode(self) -> bytes:
         return codec.encode(self._fields(self.seal))
@@ -105,8 +112,9 @@ class Block:
         return self.header.number
 
     def encode(self) -> bytes:
-        return codec.encode([self.header._fields(self.header.seal),
-                             [tx.encode() for tx in self.transactions]])
+        return codec.encode(
+            [self.header._fields(self.header.seal), [tx.encode() for tx in self.transactions]]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Block:

@@ -71,7 +71,7 @@ def _get(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where:
     if key not in obj:
         raise ChainSpecError(f"chain spec: missing {where}{key}")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ChainSpecError(f"chain spec: {where}{key} has the wrong type")
     return value
 
@@ -93,7 +93,9 @@ def parse_chain_spec(obj: Any) -> ChainSpec:
     if not raw_auth:
         raise ChainSpecError("chain spec: at least one authority is required")
     try:
-        authorities = tuple(parse_address(a) if isinstance(a, str) else _bad_addr() for a in raw_auth)
+        authorities = tuple(
+            parse_address(a) if isinstance(a, str) else _bad_addr() for a in raw_auth
+        )
     except InvalidKey as exc:
         raise ChainSpecError(f"chain spec: bad authority: {exc}") from None
     if len(set(authorities)) != len(authorities):
@@ -134,21 +136,23 @@ def load_chain_spec(path: Path) -> ChainSpec:
 
 
 def dev_chain_spec(slot_ms: int = 1000) -> ChainSpec:
-    """One validator (``//alice``), who is also the admin; ``//bob`` and ``//charlie`` are clients."""
+    """One validator (``//alice``), also the admin; ``//bob`` and ``//charlie`` are clients."""
     alice, bob, charlie = (Keypair.dev(n) for n in ("alice", "bob", "charlie"))
-    return parse_chain_spec({
-        "name": "Deltachain Development",
-        "id": "deltachain_dev",
-        "chainType": "Development",
-        "bootNodes": [],
-        "properties": {"addressFormat": "hex"},
-        "genesis": {
-            "consensus": {"slotMs": slot_ms, "authorities": [address_to_str(alice.address)]},
-            "runtime": {
-                "system": {
-                    "admin": address_to_str(alice.address),
-                    "clients": [address_to_str(bob.address), address_to_str(charlie.address)],
+    return parse_chain_spec(
+        {
+            "name": "Deltachain Development",
+            "id": "deltachain_dev",
+            "chainType": "Development",
+            "bootNodes": [],
+            "properties": {"addressFormat": "hex"},
+            "genesis": {
+                "consensus": {"slotMs": slot_ms, "authorities": [address_to_str(alice.address)]},
+                "runtime": {
+                    "system": {
+                        "admin": address_to_str(alice.address),
+                        "clients": [address_to_str(bob.address), address_to_str(charlie.address)],
+                    },
                 },
             },
-        },
-    })
+        }
+    )

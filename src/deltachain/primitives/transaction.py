@@ -39,8 +39,9 @@ class TransactionBody:
     call: Call
 
     def encode(self) -> bytes:
-        return codec.encode([self.sender, self.nonce, self.call.module, self.call.function,
-                             dict(self.call.args)])
+        return codec.encode(
+            [self.sender, self.nonce, self.call.module, self.call.function, dict(self.call.args)]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> TransactionBody:
@@ -104,8 +105,14 @@ class SignedTransaction:
         return cls(TransactionBody.decode(body_bytes), body_bytes, Signature(signature))
 
 
-def sign_transaction(keypair: Keypair, genesis_hash: Hash32, nonce: int, module: str,
-                     function: str, args: Mapping[str, Any]) -> SignedTransaction:
+def sign_transaction(
+    keypair: Keypair,
+    genesis_hash: Hash32,
+    nonce: int,
+    module: str,
+    function: str,
+    args: Mapping[str, Any],
+) -> SignedTransaction:
     body = TransactionBody(keypair.address, Nonce(nonce), Call(module, function, args))
     body_bytes = body.encode()
     signature = keypair.sign(signing_payload(DOMAIN_TX, genesis_hash, body_bytes))

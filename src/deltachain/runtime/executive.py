@@ -66,6 +66,9 @@ def build_genesis(runtime: Runtime, spec: ChainSpec, store: StateStore) -> Genes
         raise ChainSpecError(f"chain spec: no runtime module named {sorted(unknown)[0]!r}")
     state = State(store)
     state.set(system.KEY_AUTHORITIES, codec.encode(list(spec.authorities)))
+    # Chain id and slot length live in state so the genesis hash (hence every signature) commits
+    # to them: two chains that differ only in configuration never accept each other's transactions.
+    state.set(system.KEY_CHAIN, codec.encode({"id": spec.id, "slotMs": spec.slot_ms}))
     for name, module in runtime.modules.items():
         module.build_genesis(state, spec.runtime.get(name, {}))
     diff = state.commit_root()
@@ -78,8 +81,14 @@ class CheckedTransaction:
     call: object
 
 
-def check_transaction(runtime: Runtime, state: State, tx: SignedTransaction, genesis_hash: Hash32,
-                      *, allow_future: bool = False) -> CheckedTransaction:
+def check_transaction(
+    runtime: Runtime,
+    state: State,
+    tx: SignedTransaction,
+    genesis_hash: Hash32,
+    *,
+    allow_future: bool = False,
+) -> CheckedTransaction:
     """Everything that decides whether ``tx`` may be applied now (or, with allow_future, later).
 
     Raises: UnknownCall / InvalidCall (bad call), Unauthorized (sender not on this permissioned
@@ -98,15 +107,17 @@ def check_transaction(runtime: Runtime, state: State, tx: SignedTransaction, gen
     try:
         tx.verify_signature(genesis_hash)
     except CryptoError:
-        raise WrongChain("signature does not verify for this chain (wrong key or wrong genesis "
-                         "hash)") from None
+        raise WrongChain(
+            "signature does not verify for this chain (wrong key or wrong genesis hash)"
+        ) from None
     if tx.nonce == expected:
         module.validate_call(state, tx.sender, call)
     return CheckedTransaction(tx, call)
 
 
-def apply_transaction(runtime: Runtime, state: State, tx: SignedTransaction,
-                      env: BlockEnv) -> list[Event]:
+def apply_transaction(
+    runtime: Runtime, state: State, tx: SignedTransaction, env: BlockEnv
+) -> list[Event]:
     """Check and apply one transaction atomically: on any error nothing it wrote remains."""
     checked = check_transaction(runtime, state, tx, env.genesis_hash)
     with state.layer():
@@ -145,7 +156,9 @@ def apply_block(runtime: Runtime, state: State, block: Block, genesis_hash: Hash
         try:
             output.tx_events.append(apply_transaction(runtime, state, tx, env))
         except InvalidTransaction as exc:
-            raise InvalidBlock(f"transaction {index} ({tx.hash.hex()[:16]}…) is invalid: {exc}") from None
+            raise InvalidBlock(
+                f"transaction {index} ({tx.hash.hex()[:16]}…) is invalid: {exc}"
+            ) from None
     output.finalize_events = finalize_block(runtime, state, env)
     output.diff = state.commit_root()
     if output.diff.root != header.state_root:
@@ -164,8 +177,14 @@ class BuiltBlock:
     rejected: list[tuple[SignedTransaction, InvalidTransaction]]
 
 
-def build_block(runtime: Runtime, state: State, env: BlockEnv,
-                candidates: Iterable[SignedTransaction], *, max_txs: int) -> BuiltBlock:
+def build_block(
+    runtime: Runtime,
+    state: State,
+    env: BlockEnv,
+    candidates: Iterable[SignedTransaction],
+    *,
+    max_txs: int,
+) -> BuiltBlock:
     """Author a block body: apply candidates in order, skipping (and reporting) invalid ones."""
     included: list[SignedTransaction] = []
     output = BlockOutput(diff=StateDiff(root=state.base_root))
@@ -182,6 +201,13 @@ def build_block(runtime: Runtime, state: State, env: BlockEnv,
     output.finalize_events = finalize_block(runtime, state, env)
     output.diff = state.commit_root()
     txs = tuple(included)
-    header = Header(env.parent_hash, env.number, env.slot, output.diff.root, extrinsics_root(txs),
-                    env.author, Signature(b""))
+    header = Header(
+        env.parent_hash,
+        env.number,
+        env.slot,
+        output.diff.root,
+        extrinsics_root(txs),
+        env.author,
+        Signature(b""),
+    )
     return BuiltBlock(header, txs, output, rejected)

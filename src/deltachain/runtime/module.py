@@ -45,6 +45,7 @@ class Module(ABC):
 
     def build_genesis(self, state: State, config: Mapping[str, Any]) -> None:
         """Write the module's genesis state from its chain-spec section (raise ChainSpecError)."""
+        return None
 
     def decode_call(self, function: str, args: Mapping[str, Any]) -> object:
         """Turn wire arguments into a typed call (raise UnknownCall / InvalidCall)."""
@@ -52,6 +53,7 @@ class Module(ABC):
 
     def validate_call(self, state: State, sender: Address, call: object) -> None:
         """Checks that need state but change nothing; the pool runs these before admitting a tx."""
+        return None
 
     @abstractmethod
     def apply_call(self, state: State, sender: Address, call: object, env: BlockEnv) -> list[Event]:

@@ -83,17 +83,19 @@ class State:
         self.store = store
         self.base_root = base_root
         self._layers: list[dict[bytes, bytes | None]] = [{}]
+        self._read_cache: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
         for layer in reversed(self._layers):
             if key in layer:
                 return layer[key]
+        if key in self._read_cache:
+            return self._read_cache[key]
         vh = trie_get(self.store, self.base_root, key_hash(key))
-        if vh is None:
-            return None
-        value = self.store.get_value(vh)
-        if value is None:
+        value = None if vh is None else self.store.get_value(vh)
+        if vh is not None and value is None:
             raise CorruptDatabase(f"state value {vh.hex()} is missing from the store")
+        self._read_cache[key] = value
         return value
 
     def set(self, key: bytes, value: bytes) -> None:
@@ -121,7 +123,7 @@ class State:
         return merged
 
     def iter_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """All live (key, value) pairs under a prefix, sorted by key. Walks the whole trie: queries only."""
+        """Live (key, value) pairs under a prefix, sorted. Walks the whole trie: queries only."""
         pending = self.pending()
         found: dict[bytes, bytes] = {}
         for kh, vh in trie_items(self.store, self.base_root):
@@ -156,6 +158,7 @@ class State:
         return diff
 
     def rebase(self, diff: StateDiff) -> None:
-        """After the diff is persisted in ``store``, continue from its root with no pending writes."""
+        """Once the diff is persisted in ``store``, go on from its root with no pending writes."""
         self.base_root = diff.root
         self._layers = [{}]
+        self._read_cache = {}

@@ -6,6 +6,7 @@ the plain functions here, e.g. ``is_client``, rather than through the dispatcher
 State layout (raw keys; the trie hashes them):
   ``system/admin``             → admin address
   ``system/authorities``       → CBOR array of authority addresses (the current set)
+  ``system/chain``             → CBOR map {"id": chain id, "slotMs": slot length}
   ``system/nonce/<address>``   → CBOR uint, the next nonce the account must use
   ``system/client/<address>``  → CBOR map {"since": block number}
 """
@@ -33,6 +34,7 @@ from deltachain.runtime.state import State
 
 KEY_ADMIN = b"system/admin"
 KEY_AUTHORITIES = b"system/authorities"
+KEY_CHAIN = b"system/chain"
 PREFIX_NONCE = b"system/nonce/"
 PREFIX_CLIENT = b"system/client/"
 MAX_REMARK = 1024
@@ -64,7 +66,7 @@ def is_client(state: State, who: Address) -> bool:
 
 
 def list_clients(state: State) -> list[Address]:
-    return [Address(k[len(PREFIX_CLIENT):]) for k, _ in state.iter_prefix(PREFIX_CLIENT)]
+    return [Address(k[len(PREFIX_CLIENT) :]) for k, _ in state.iter_prefix(PREFIX_CLIENT)]
 
 
 def may_transact(state: State, who: Address) -> bool:
@@ -145,9 +147,15 @@ class SystemModule(Module):
     def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
         if name == "account":
             who = args["address"]
-            role = ("admin" if who == state.get(KEY_ADMIN) else
-                    "authority" if who in get_authorities(state) else
-                    "client" if is_client(state, who) else "unknown")
+            role = (
+                "admin"
+                if who == state.get(KEY_ADMIN)
+                else "authority"
+                if who in get_authorities(state)
+                else "client"
+                if is_client(state, who)
+                else "unknown"
+            )
             return {"address": address_to_str(who), "nonce": get_nonce(state, who), "role": role}
         if name == "clients":
             return [address_to_str(c) for c in list_clients(state)]

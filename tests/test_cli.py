@@ -1,0 +1,139 @@
+"""The console script end to end against a real dev node on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deltachain.primitives.chainspec import dev_chain_spec
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "deltachain.node.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "DELTACHAIN_PASSWORD": "pw"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[str]:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
+    port = free_port()
+    log = (tmp_path / "node.log").open("w")
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "node",
+            "--chain",
+            str(spec),
+            "--key",
+            "//alice",
+            "--validator",
+            "--base-path",
+            str(tmp_path / "db"),
+            "--rpc-port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if "authored #1 " in (tmp_path / "node.log").read_text():
+                break
+            if proc.poll() is not None:
+                raise AssertionError((tmp_path / "node.log").read_text())
+            time.sleep(0.1)
+        else:
+            raise AssertionError("node did not author a block in 30 s")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_generate_register_transact_query(node: str, tmp_path: Path) -> None:
+    keyfile = tmp_path / "client.json"
+    out = run("key", "generate", "--out", str(keyfile)).stdout
+    address = out.split()[1]
+    assert json.loads(run("key", "inspect", str(keyfile), "--json").stdout)["address"] == address
+    assert oct(keyfile.stat().st_mode & 0o777) == "0o600"
+
+    rejected = run("remark", "hi", "--key", str(keyfile), "--rpc", node, check=False)
+    assert rejected.returncode == 1
+    assert rejected.stderr.startswith(
+        "error: invalid transaction: sender is not a registered client"
+    )
+    assert "Traceback" not in rejected.stderr
+
+    run("register-client", address, "--key", "//alice", "--rpc", node, "--wait", "finalized")
+    assert address in run("query", "clients", "--rpc", node).stdout
+    run("remark", "hello", "--key", str(keyfile), "--rpc", node)
+    account = json.loads(run("query", "account", address, "--rpc", node, "--json").stdout)
+    assert account == {"address": address, "nonce": 1, "role": "client"}
+
+    again = run("register-client", address, "--key", "//alice", "--rpc", node, check=False)
+    assert again.returncode == 1
+    assert "already registered" in again.stderr
+
+    head = json.loads(run("query", "head", "--rpc", node, "--json").stdout)
+    assert head["number"] >= 2
+    offline = json.loads(
+        run("query", "account", address, "--base-path", str(tmp_path / "db"), "--json").stdout
+    )
+    assert offline["nonce"] == 1
+    block = json.loads(run("query", "block", "1", "--rpc", node, "--json").stdout)
+    assert block["header"]["number"] == 1
+
+
+def test_helpful_errors_without_a_node(tmp_path: Path) -> None:
+    port = free_port()
+    proc = run("query", "head", "--rpc", f"http://127.0.0.1:{port}", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: cannot reach a node")
+    proc = run("query", "head", "--base-path", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode == 1
+    assert "no chain database" in proc.stderr
+    proc = run("remark", "x", "--key", str(tmp_path / "missing.json"), check=False)
+    assert proc.returncode == 1
+    assert "neither a //dev name nor an existing key file" in proc.stderr
+    proc = run("node", check=False)
+    assert proc.returncode == 1
+    assert "pass --dev or --chain" in proc.stderr
+    bad_spec = tmp_path / "bad.json"
+    bad_spec.write_text("{not json")
+    proc = run("node", "--chain", str(bad_spec), check=False)
+    assert proc.returncode == 1
+    assert "not valid JSON" in proc.stderr
