@@ -3,11 +3,11 @@ with a typed error, and nothing a rejected transaction wrote survives."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 
-from deltachain import codec
 from deltachain.consensus.aura import seal_header, verify_header
 from deltachain.crypto.keys import Keypair
 from deltachain.errors import (
@@ -214,15 +214,15 @@ def test_chain_spec_rejects_bad_input() -> None:
         (lambda s: s["genesis"]["consensus"].update(authorities=[]), "at least one"),
         (lambda s: s["genesis"]["consensus"].update(authorities=["0x12"]), "bad authority"),
     ]:
-        spec = codec.decode(codec.encode(good))  # deep copy
+        spec = copy.deepcopy(good)
         mutate(spec)
         with pytest.raises(ChainSpecError, match=message):
             parse_chain_spec(spec)
-    spec = codec.decode(codec.encode(good))
+    spec = copy.deepcopy(good)
     spec["genesis"]["runtime"]["unknown_module"] = {}
     with pytest.raises(ChainSpecError, match="unknown_module"):
         MemChain(parse_chain_spec(spec))
-    spec = codec.decode(codec.encode(good))
+    spec = copy.deepcopy(good)
     spec["genesis"]["runtime"]["system"]["clients"] = ["0x" + "00" * 31]
     with pytest.raises(ChainSpecError):
         MemChain(parse_chain_spec(spec))

@@ -5,8 +5,10 @@ This is the one place that names concrete modules; the runtime itself never impo
 
 from __future__ import annotations
 
+from deltachain.model_state.module import ModelStateModule
 from deltachain.runtime.executive import Runtime
 
 
-def construct_runtime() -> Runtime:
-    return Runtime([])
+def construct_runtime(kernel: str = "numba") -> Runtime:
+    """``kernel`` picks model_state's aggregation kernel: ``numba`` (nodes) or ``reference``."""
+    return Runtime([ModelStateModule(kernel=kernel)])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import json
 import logging
@@ -18,11 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from deltachain import __version__
 from deltachain.chain import construct_runtime
 from deltachain.crypto.keys import Keypair, address_to_str, parse_address
 from deltachain.crypto.keystore import encrypt_key, plain_key, read_key_file, write_key_file
 from deltachain.errors import DeltachainError, KeystoreError
+from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
 from deltachain.node.rpc import RpcError, block_json, header_json, unhex
 from deltachain.node.rpc_client import DEFAULT_RPC, RpcClient
 from deltachain.node.storage import Storage
@@ -179,6 +183,63 @@ def wait_for(client: RpcClient, tx_hash: str, until: str, timeout: float) -> Non
     )
 
 
+def global_mask_of(model: dict[str, Any]) -> np.ndarray:
+    """Which flat coordinates belong to global layers, from a ``model_get`` answer."""
+    parts = [np.full(int(np.prod(la["shape"])), la["global"], dtype=bool) for la in model["layers"]]
+    return np.concatenate(parts)
+
+
+def load_delta(path: Path, model: dict[str, Any], top_p: float) -> SubmitDelta:
+    """A float ``.npy`` delta (Top-P% + int8 here) or a pre-sparsified ``.npz``."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DeltachainError(f"cannot read delta file {path}: {exc}") from None
+    mask = global_mask_of(model)
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        missing = {"indices", "values", "exp"} - set(loaded.files)
+        if missing:
+            raise DeltachainError(f"{path}: an .npz delta needs arrays indices, values, exp")
+        indices = loaded["indices"].astype(np.uint32)
+        values = loaded["values"].astype(np.int8)
+        exp = int(loaded["exp"])
+    else:
+        flat = np.asarray(loaded, dtype=np.float64).ravel()
+        if flat.size == int(mask.sum()) and flat.size != mask.size:
+            full = np.zeros(mask.size)
+            full[mask] = flat
+            flat = full
+        if flat.size != mask.size:
+            raise DeltachainError(
+                f"{path} has {flat.size} values; model {model['id']!r} has {mask.size} parameters "
+                f"({int(mask.sum())} global)"
+            )
+        if not np.all(np.isfinite(flat)):
+            raise DeltachainError(f"{path} contains NaN or infinite values")
+        indices, values, exp = quantize_top_p(flat, top_p, int(model["fracBits"]), mask)
+    return SubmitDelta(model["id"], int(model["version"]), indices, values, exp, 0, None, None)
+
+
+def cmd_submit_delta(args: argparse.Namespace) -> int:
+    client = RpcClient(args.rpc)
+    model = client.call("model_get", args.model)
+    delta = load_delta(Path(args.delta), model, args.top_p)
+    base = model["version"] if args.base_version is None else args.base_version
+    micro = {
+        k: None if v is None else round(v * LOSS_SCALE)
+        for k, v in (("pre", args.loss_pre), ("post", args.loss_post))
+    }
+    delta = dataclasses.replace(
+        delta,
+        base_version=base,
+        samples=args.samples,
+        loss_pre=micro["pre"],
+        loss_post=micro["post"],
+    )
+    print(f"delta for {args.model} v{base}: {delta.indices.size} coordinates, exp {delta.exp}")
+    return send_call(args, "model_state", "submit_delta", delta.to_args())
+
+
 def cmd_register_client(args: argparse.Namespace) -> int:
     return send_call(args, "system", "register_client", {"client": parse_address(args.client)})
 
@@ -249,6 +310,12 @@ class OfflineChain:
         raise DeltachainError(f"{method} needs a running node (--rpc)")
 
 
+def _need(args: argparse.Namespace, usage: str) -> str:
+    if args.arg is None:
+        raise DeltachainError(f"usage: {usage}")
+    return str(args.arg)
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     source: Any = OfflineChain(Path(args.base_path)) if args.base_path else RpcClient(args.rpc)
     what = args.what
@@ -275,6 +342,36 @@ def cmd_query(args: argparse.Namespace) -> int:
         if args.arg is None:
             raise DeltachainError("usage: deltachain query account 0xADDRESS")
         _emit(args, source.call("runtime_query", "system", "account", {"address": args.arg}))
+    elif what == "models":
+        _emit(args, source.call("runtime_query", "model_state", "list", {}))
+    elif what == "model":
+        model = _need(args, "deltachain query model MODEL")
+        _emit(args, source.call("runtime_query", "model_state", "get", {"model": model}))
+    elif what == "weights":
+        model = _need(args, "deltachain query weights MODEL --out FILE.npy [--raw]")
+        found = source.call("runtime_query", "model_state", "weights", {"model": model})
+        raw = np.frombuffer(bytes.fromhex(found["weights"][2:]), dtype="<i4").astype(np.int32)
+        array = raw if args.raw else raw.astype(np.float64) / float(1 << found["fracBits"])
+        if not args.out:
+            raise DeltachainError("usage: deltachain query weights MODEL --out FILE.npy")
+        np.save(args.out, array)
+        print(
+            f"wrote {args.out}: version {found['version']}, {raw.size} parameters "
+            f"({'raw int32 fixed point' if args.raw else 'float64'})"
+        )
+    elif what == "provenance":
+        model = _need(args, "deltachain query provenance MODEL --version V")
+        if args.version is None:
+            raise DeltachainError("usage: deltachain query provenance MODEL --version V")
+        _emit(
+            args,
+            source.call(
+                "runtime_query",
+                "model_state",
+                "provenance",
+                {"model": model, "version": args.version},
+            ),
+        )
     elif what in ("clients", "validators"):
         name = "clients" if what == "clients" else "authorities"
         _emit(args, source.call("runtime_query", "system", name, {}))
@@ -347,12 +444,43 @@ def build_parser() -> argparse.ArgumentParser:
     rem.add_argument("text")
     rem.set_defaults(func=cmd_remark)
 
+    sd = tx_parser("submit-delta", "client: submit a model delta (Top-P% + int8)")
+    sd.add_argument("--model", required=True)
+    sd.add_argument(
+        "--delta",
+        required=True,
+        help="float .npy (full or global-part length) or .npz with indices/values/exp",
+    )
+    sd.add_argument("--top-p", type=float, default=0.1, help="fraction of coordinates to send")
+    sd.add_argument("--base-version", type=int, help="default: the model's current version")
+    sd.add_argument("--samples", type=int, default=0, help="local samples trained on")
+    sd.add_argument("--loss-pre", type=float)
+    sd.add_argument("--loss-post", type=float)
+    sd.set_defaults(func=cmd_submit_delta)
+
     q = sub.add_parser("query", help="read chain state")
-    q.add_argument("what", choices=("head", "block", "tx", "account", "clients", "validators"))
+    q.add_argument(
+        "what",
+        choices=(
+            "head",
+            "block",
+            "tx",
+            "account",
+            "clients",
+            "validators",
+            "models",
+            "model",
+            "weights",
+            "provenance",
+        ),
+    )
     q.add_argument("arg", nargs="?")
     q.add_argument("--rpc", default=DEFAULT_RPC, help="node to ask (default %(default)s)")
     q.add_argument("--base-path", help="read a node's database directly instead of RPC")
     q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.add_argument("--out", help="weights: write a .npy file here")
+    q.add_argument("--raw", action="store_true", help="weights: int32 fixed point, not floats")
+    q.add_argument("--version", type=int, help="provenance: the model version")
     q.set_defaults(func=cmd_query)
     vec = sub.add_parser("vectors", help="state-transition vectors").add_subparsers(
         dest="vectors_cmd", required=True

@@ -66,6 +66,17 @@ def unhex(value: Any, what: str, length: int | None = None) -> bytes:
     return data
 
 
+def to_json(value: Any) -> Any:
+    """Make a runtime query result JSON-safe: bytes become 0x-hex, tuples lists."""
+    if isinstance(value, bytes):
+        return hex0x(value)
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
 def header_json(header: Header) -> dict[str, Any]:
     return {
         "parentHash": hex0x(header.parent_hash),
@@ -114,6 +125,11 @@ class RpcServer:
             "author_pendingExtrinsics": self._pending,
             "author_extrinsicStatus": self._tx_status,
             "runtime_query": self._runtime_query,
+            "model_list": self._model_query("list"),
+            "model_get": self._model_query("get"),
+            "model_getWeights": self._model_query("weights"),
+            "model_getProvenance": self._model_query("provenance", "version"),
+            "model_getChunkProof": self._chunk_proof,
         }
 
     # --- methods ---------------------------------------------------------------------------
@@ -209,6 +225,40 @@ class RpcServer:
             raise RpcError(INVALID_PARAMS, f"no runtime module {params[0]!r}")
         return module.query(self.chain.best_state(), params[1], args)
 
+    def _model_query(self, name: str, extra: str | None = None) -> Handler:
+        async def handler(params: list[Any]) -> Any:
+            args: dict[str, Any] = {}
+            if name != "list":
+                if not params or not isinstance(params[0], str):
+                    raise RpcError(INVALID_PARAMS, "expected [model id, ...]")
+                args["model"] = params[0]
+                if extra is not None:
+                    if len(params) < 2:
+                        raise RpcError(INVALID_PARAMS, f"expected [model id, {extra}]")
+                    args[extra] = params[1]
+            module = self.chain.runtime.module("model_state")
+            return to_json(module.query(self.chain.best_state(), name, args))
+
+        return handler
+
+    async def _chunk_proof(self, params: list[Any]) -> Any:
+        """A chunk, its Merkle path to weightsRoot, and the model record's proof to a state root."""
+        if len(params) < 2 or not isinstance(params[0], str) or not isinstance(params[1], int):
+            raise RpcError(INVALID_PARAMS, "expected [model id, chunk index, (block hash)]")
+        block_hash = self._block_hash_param(params[2:])
+        state = self.chain.state_at(block_hash)
+        module = self.chain.runtime.module("model_state")
+        found = module.query(state, "chunk", {"model": params[0], "index": params[1]})
+        proof = self.chain.prove(found["recordKey"], block_hash)
+        return to_json(
+            {
+                **found,
+                "recordProof": proof.encode(),
+                "stateRoot": state.base_root,
+                "blockHash": block_hash,
+            }
+        )
+
     # --- transport -------------------------------------------------------------------------
 
     async def dispatch(self, request: Any) -> dict[str, Any] | None:
@@ -254,7 +304,7 @@ class RpcServer:
             }
         if isinstance(request, dict) and "id" not in request:
             return None  # a notification gets no response
-        return {"jsonrpc": "2.0", "id": req_id, "result": result}
+        return {"jsonrpc": "2.0", "id": req_id, "result": to_json(result)}
 
     async def handle_http(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > MAX_BODY:

@@ -135,6 +135,30 @@ def load_chain_spec(path: Path) -> ChainSpec:
     return parse_chain_spec(obj)
 
 
+DEV_MODEL: dict[str, Any] = {
+    "id": "sine-mlp",
+    "layers": [
+        {"name": "hidden1.w", "shape": [1, 40], "kind": "global", "initStd": "1/1"},
+        {"name": "hidden1.b", "shape": [40], "kind": "global", "initStd": "0/1"},
+        {"name": "hidden2.w", "shape": [40, 40], "kind": "global", "initStd": "2/9"},
+        {"name": "hidden2.b", "shape": [40], "kind": "global", "initStd": "0/1"},
+        {"name": "out.w", "shape": [40, 1], "kind": "local", "initStd": "2/9"},
+        {"name": "out.b", "shape": [1], "kind": "local", "initStd": "0/1"},
+    ],
+    "fracBits": 16,
+    "chunkSize": 256,
+    "aggregation": "present-quorum",
+    "trimBeta": "1/5",
+    "eta": "1/1",
+    "roundLen": 3,
+    "minDeltas": 2,
+    "maxDeltas": 32,
+    "staleness": 1,
+    "init": {"kind": "normal", "seed": 7},
+}
+"""A tiny sine-regression MLP for the dev chain (its ``model_state`` genesis section)."""
+
+
 def dev_chain_spec(slot_ms: int = 1000) -> ChainSpec:
     """One validator (``//alice``), also the admin; ``//bob`` and ``//charlie`` are clients."""
     alice, bob, charlie = (Keypair.dev(n) for n in ("alice", "bob", "charlie"))
@@ -152,6 +176,7 @@ def dev_chain_spec(slot_ms: int = 1000) -> ChainSpec:
                         "admin": address_to_str(alice.address),
                         "clients": [address_to_str(bob.address), address_to_str(charlie.address)],
                     },
+                    "model_state": {"models": [DEV_MODEL]},
                 },
             },
         }

@@ -122,7 +122,9 @@ def apply_transaction(
     checked = check_transaction(runtime, state, tx, env.genesis_hash)
     with state.layer():
         system.bump_nonce(state, tx.sender)
-        return runtime.module(tx.call.module).apply_call(state, tx.sender, checked.call, env)
+        return runtime.module(tx.call.module).apply_call(
+            state, tx.sender, checked.call, env, tx.hash
+        )
 
 
 def finalize_block(runtime: Runtime, state: State, env: BlockEnv) -> list[Event]:

@@ -56,7 +56,9 @@ class Module(ABC):
         return None
 
     @abstractmethod
-    def apply_call(self, state: State, sender: Address, call: object, env: BlockEnv) -> list[Event]:
+    def apply_call(
+        self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
+    ) -> list[Event]:
         """Apply a call that ``validate_call`` accepted (raise InvalidTransaction otherwise)."""
 
     def on_finalize(self, state: State, env: BlockEnv) -> list[Event]:

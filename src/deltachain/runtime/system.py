@@ -28,7 +28,7 @@ from deltachain.errors import (
     Unauthorized,
     UnknownCall,
 )
-from deltachain.primitives.types import Address, Nonce, as_address
+from deltachain.primitives.types import Address, Hash32, Nonce, as_address
 from deltachain.runtime.module import BlockEnv, Event, Module
 from deltachain.runtime.state import State
 
@@ -132,7 +132,9 @@ class SystemModule(Module):
             if isinstance(call, RevokeClient) and not registered:
                 raise InvalidCall(f"client {address_to_str(call.client)} is not registered")
 
-    def apply_call(self, state: State, sender: Address, call: object, env: BlockEnv) -> list[Event]:
+    def apply_call(
+        self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
+    ) -> list[Event]:
         self.validate_call(state, sender, call)
         if isinstance(call, RegisterClient):
             state.set(PREFIX_CLIENT + call.client, codec.encode({"since": env.number}))

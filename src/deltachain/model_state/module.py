@@ -1,0 +1,420 @@
+"""The model_state runtime module (a pallet): model registry, delta transactions, rounds.
+
+State layout (raw keys; ``<id>`` is the model id, ``<client>`` a 32-byte address):
+  ``model_state/models``                  → CBOR array of model ids (genesis order)
+  ``model_state/model/<id>``              → model record: config, version, roundStart, weightsRoot,
+                                            numParams, chunkCount (what light clients prove)
+  ``model_state/chunk/<id>/<u32 BE>``     → weight chunk, little-endian int32 fixed point
+  ``model_state/leaves/<id>``             → the chunks' leaf hashes, concatenated (re-hash cache)
+  ``model_state/round/<id>``              → CBOR array of client addresses in this round, by arrival
+  ``model_state/delta/<id>/<client>``     → that client's pending delta for this round
+  ``model_state/prov/<id>/<u64 BE>``      → provenance of a version
+
+Round lifecycle (``on_finalize``): a round closes when it has at least ``minDeltas`` deltas and
+``roundLen`` blocks have passed since it opened, or at once when it holds ``maxDeltas``. A round
+never closes short: when ``roundLen`` passes with too few deltas it stays open and its deltas
+carry over (nothing is lost and their base version is still current) until enough arrive.
+Closing runs the trimmed mean over the round's deltas in canonical (address) order, applies
+``w ← w + eta · agg`` in fixed point, re-hashes changed chunks, bumps the version and writes
+provenance.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deltachain import codec
+from deltachain.crypto.hashing import Hash32
+from deltachain.crypto.keys import address_to_str
+from deltachain.crypto.merkle import leaf_hash, merkle_proof
+from deltachain.errors import ChainSpecError, InvalidCall, NotFound, Unauthorized, UnknownCall
+from deltachain.model_state import aggregate
+from deltachain.model_state.commitment import (
+    changed_chunks,
+    chunk_bytes,
+    chunk_leaves,
+    weights_root,
+)
+from deltachain.model_state.config import ModelConfig, initial_weights, parse_model
+from deltachain.model_state.delta import SubmitDelta, check_exponent, decode_submit_delta
+from deltachain.primitives.types import Address
+from deltachain.runtime import system
+from deltachain.runtime.module import BlockEnv, Event, Module
+from deltachain.runtime.state import State
+
+NAME = "model_state"
+KEY_MODELS = b"model_state/models"
+
+
+def key_model(model: str) -> bytes:
+    return b"model_state/model/" + model.encode()
+
+
+def key_chunk(model: str, index: int) -> bytes:
+    return b"model_state/chunk/" + model.encode() + b"/" + index.to_bytes(4, "big")
+
+
+def key_leaves(model: str) -> bytes:
+    return b"model_state/leaves/" + model.encode()
+
+
+def key_round(model: str) -> bytes:
+    return b"model_state/round/" + model.encode()
+
+
+def key_delta(model: str, client: Address) -> bytes:
+    return b"model_state/delta/" + model.encode() + b"/" + client
+
+
+def key_provenance(model: str, version: int) -> bytes:
+    return b"model_state/prov/" + model.encode() + b"/" + version.to_bytes(8, "big")
+
+
+class StaleDelta(InvalidCall):
+    """The delta's base version is older than the model's staleness limit allows."""
+
+
+class DuplicateDelta(InvalidCall):
+    """The client already has a delta in this round."""
+
+
+class RoundFull(InvalidCall):
+    """The round already holds maxDeltas deltas."""
+
+
+@dataclass
+class ModelRecord:
+    config: ModelConfig
+    version: int
+    round_start: int
+    weights_root: Hash32
+
+    def encode(self) -> bytes:
+        return codec.encode(
+            {
+                "config": self.config.to_obj(),
+                "version": self.version,
+                "roundStart": self.round_start,
+                "weightsRoot": self.weights_root,
+                "numParams": self.config.num_params,
+                "chunkCount": self.config.num_chunks,
+            }
+        )
+
+
+Kernel = Callable[
+    [Sequence[np.ndarray], Sequence[np.ndarray], int, int, str], aggregate.AggregateResult
+]
+
+
+def _numba_kernel() -> Kernel:
+    from deltachain.model_state import aggregate_numba
+
+    return aggregate_numba.trimmed_sum_sparse  # type: ignore[no-any-return]
+
+
+class ModelStateModule(Module):
+    """``kernel="numba"`` in nodes; ``"reference"`` runs the readable kernel (tests, vectors)."""
+
+    name = NAME
+
+    def __init__(self, kernel: str = "numba") -> None:
+        if kernel not in ("numba", "reference"):
+            raise ValueError("kernel must be numba or reference")
+        self._kernel_name = kernel
+        self._kernel: Kernel | None = None
+        self._configs: dict[bytes, ModelConfig] = {}
+        self.last_aggregation_seconds = 0.0
+
+    @property
+    def kernel(self) -> Kernel:
+        if self._kernel is None:
+            self._kernel = (
+                aggregate.trimmed_sum_sparse_reference
+                if self._kernel_name == "reference"
+                else _numba_kernel()
+            )
+        return self._kernel
+
+    # --- genesis ---------------------------------------------------------------------------
+
+    def build_genesis(self, state: State, config: Mapping[str, Any]) -> None:
+        models = config.get("models", [])
+        if not isinstance(models, Sequence) or isinstance(models, str | bytes):
+            raise ChainSpecError("chain spec: genesis.runtime.model_state.models must be a list")
+        ids = []
+        for raw in models:
+            model = parse_model(raw)
+            if model.id in ids:
+                raise ChainSpecError(f"chain spec: duplicate model id {model.id!r}")
+            ids.append(model.id)
+            weights = initial_weights(model)
+            leaves = chunk_leaves(weights, model.chunk_size)
+            for i in range(model.num_chunks):
+                state.set(key_chunk(model.id, i), chunk_bytes(weights, i, model.chunk_size))
+            state.set(key_leaves(model.id), b"".join(leaves))
+            state.set(key_round(model.id), codec.encode([]))
+            record = ModelRecord(model, version=0, round_start=1, weights_root=weights_root(leaves))
+            state.set(key_model(model.id), record.encode())
+        state.set(KEY_MODELS, codec.encode(ids))
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def record(self, state: State, model: str) -> ModelRecord:
+        raw = state.get(key_model(model))
+        if raw is None:
+            raise NotFound(f"no model {model!r} on this chain")
+        obj = codec.decode(raw)
+        config = self._configs.get(raw)
+        if config is None:
+            config = parse_model(
+                {
+                    **obj["config"],
+                    "layers": [
+                        {
+                            "name": la["name"],
+                            "shape": la["shape"],
+                            "kind": "global" if la["global"] else "local",
+                        }
+                        for la in obj["config"]["layers"]
+                    ],
+                }
+            )
+            self._configs[raw] = config
+        return ModelRecord(config, obj["version"], obj["roundStart"], Hash32(obj["weightsRoot"]))
+
+    def weights(self, state: State, config: ModelConfig) -> np.ndarray:
+        parts = []
+        for i in range(config.num_chunks):
+            raw = state.get(key_chunk(config.id, i))
+            if raw is None:
+                raise NotFound(f"model {config.id!r} chunk {i} is missing")
+            parts.append(np.frombuffer(raw, dtype="<i4"))
+        return np.concatenate(parts).astype(np.int32)
+
+    def round_members(self, state: State, model: str) -> list[Address]:
+        raw = state.get(key_round(model))
+        return [] if raw is None else [Address(a) for a in codec.decode(raw)]
+
+    # --- transactions ----------------------------------------------------------------------
+
+    def decode_call(self, function: str, args: Mapping[str, Any]) -> object:
+        if function == "submit_delta":
+            return decode_submit_delta(args)
+        raise UnknownCall(f"module 'model_state' has no function {function!r}")
+
+    def validate_call(self, state: State, sender: Address, call: object) -> None:
+        if not isinstance(call, SubmitDelta):
+            raise UnknownCall(f"model_state cannot apply {type(call).__name__}")
+        if not system.is_client(state, sender):
+            raise Unauthorized(
+                "only registered clients may submit deltas; ask the admin to register this address"
+            )
+        try:
+            record = self.record(state, call.model)
+        except NotFound:
+            raise InvalidCall(f"no model {call.model!r} on this chain") from None
+        config = record.config
+        if call.base_version > record.version:
+            raise InvalidCall(
+                f"base version {call.base_version} is ahead of the model (version {record.version})"
+            )
+        if call.base_version + config.staleness < record.version:
+            raise StaleDelta(
+                f"base version {call.base_version} is stale: the model is at "
+                f"version {record.version}; download it and train again"
+            )
+        check_exponent(call.exp, config.frac_bits)
+        if int(call.indices[-1]) >= config.num_params:
+            raise InvalidCall(
+                f"delta index {int(call.indices[-1])} is out of range "
+                f"(the model has {config.num_params} parameters)"
+            )
+        ranges = config.global_ranges()
+        if ranges != [(0, config.num_params)]:
+            starts = np.array([s for s, _ in ranges], dtype=np.int64)
+            ends = np.array([e for _, e in ranges], dtype=np.int64)
+            slot = np.searchsorted(starts, call.indices, side="right") - 1
+            inside = (slot >= 0) & (call.indices < ends[np.maximum(slot, 0)])
+            if not bool(np.all(inside)):
+                bad = int(call.indices[np.argmin(inside)])
+                raise InvalidCall(
+                    f"delta index {bad} is in a local layer; only global layers are aggregated"
+                )
+        if state.get(key_delta(call.model, sender)) is not None:
+            raise DuplicateDelta(
+                f"this client already submitted a delta for model "
+                f"{call.model!r} in this round; wait for version "
+                f"{record.version + 1}"
+            )
+        if len(self.round_members(state, call.model)) >= config.max_deltas:
+            raise RoundFull(f"the round for model {call.model!r} is full; wait for the next one")
+
+    def apply_call(
+        self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
+    ) -> list[Event]:
+        self.validate_call(state, sender, call)
+        if not isinstance(call, SubmitDelta):  # validate_call raised already; for the type checker
+            raise UnknownCall("model_state cannot apply this call")
+        state.set(
+            key_delta(call.model, sender),
+            codec.encode({"tx": tx_hash, "block": env.number, **call.to_args()}),
+        )
+        members = self.round_members(state, call.model)
+        state.set(key_round(call.model), codec.encode([*members, sender]))
+        return [
+            Event(
+                NAME,
+                "DeltaAccepted",
+                {"model": call.model, "client": sender, "coordinates": int(call.indices.size)},
+            )
+        ]
+
+    # --- rounds ----------------------------------------------------------------------------
+
+    def on_finalize(self, state: State, env: BlockEnv) -> list[Event]:
+        raw = state.get(KEY_MODELS)
+        events: list[Event] = []
+        for model in [] if raw is None else codec.decode(raw):
+            record = self.record(state, model)
+            members = self.round_members(state, model)
+            config = record.config
+            elapsed = env.number - record.round_start + 1
+            if len(members) >= config.max_deltas or (
+                len(members) >= config.min_deltas and elapsed >= config.round_len
+            ):
+                events.append(self.close_round(state, record, members, env))
+        return events
+
+    def close_round(
+        self, state: State, record: ModelRecord, members: list[Address], env: BlockEnv
+    ) -> Event:
+        config = record.config
+        clients = sorted(members)  # canonical order: arrival order must not matter
+        deltas = [codec.decode(state.get(key_delta(config.id, c)) or b"") for c in clients]
+        indices = [np.frombuffer(d["indices"], dtype="<u4").astype(np.uint32) for d in deltas]
+        values = [
+            (
+                np.frombuffer(d["values"], dtype=np.int8).astype(np.int32)
+                << np.int32(d["exp"] + config.frac_bits)
+            )
+            for d in deltas
+        ]
+        n = len(clients)
+        f = config.trimmed(n)
+        started = time.perf_counter()
+        result = self.kernel(indices, values, config.num_params, f, config.semantics)
+        old = self.weights(state, config)
+        new = aggregate.apply_update(old, result, config.eta.num, config.eta.den)
+        self.last_aggregation_seconds = time.perf_counter() - started
+
+        leaves_raw = state.get(key_leaves(config.id)) or b""
+        leaves = [Hash32(leaves_raw[i : i + 32]) for i in range(0, len(leaves_raw), 32)]
+        changed = changed_chunks(old, new, config.chunk_size)
+        for i in changed:
+            chunk = chunk_bytes(new, i, config.chunk_size)
+            state.set(key_chunk(config.id, i), chunk)
+            leaves[i] = leaf_hash(chunk)
+        state.set(key_leaves(config.id), b"".join(leaves))
+        new_record = ModelRecord(config, record.version + 1, env.number + 1, weights_root(leaves))
+        state.set(key_model(config.id), new_record.encode())
+        for client in clients:
+            state.delete(key_delta(config.id, client))
+        state.set(key_round(config.id), codec.encode([]))
+        state.set(
+            key_provenance(config.id, new_record.version),
+            codec.encode(
+                {
+                    "version": new_record.version,
+                    "block": env.number,
+                    "n": n,
+                    "f": f,
+                    "semantics": config.semantics,
+                    "weightsRoot": new_record.weights_root,
+                    "changedChunks": len(changed),
+                    "deltas": [
+                        {
+                            "client": client,
+                            "tx": d["tx"],
+                            "baseVersion": d["baseVersion"],
+                            "coordinates": len(d["values"]),
+                            "survived": int(result.survived[i]),
+                            "samples": d["samples"],
+                            "lossPre": d.get("lossPre"),
+                            "lossPost": d.get("lossPost"),
+                        }
+                        for i, (client, d) in enumerate(zip(clients, deltas, strict=True))
+                    ],
+                }
+            ),
+        )
+        return Event(
+            NAME,
+            "RoundClosed",
+            {
+                "model": config.id,
+                "version": new_record.version,
+                "deltas": n,
+                "trimmed": f,
+                "weightsRoot": new_record.weights_root,
+            },
+        )
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
+        if name == "list":
+            raw = state.get(KEY_MODELS)
+            return [] if raw is None else list(codec.decode(raw))
+        model = args.get("model")
+        if not isinstance(model, str):
+            raise InvalidCall(f"model_state.{name} needs a model id")
+        record = self.record(state, model)
+        config = record.config
+        if name == "get":
+            return {
+                **config.to_obj(),
+                "version": record.version,
+                "weightsRoot": "0x" + record.weights_root.hex(),
+                "numParams": config.num_params,
+                "chunkCount": config.num_chunks,
+                "round": {
+                    "start": record.round_start,
+                    "deltas": [address_to_str(a) for a in self.round_members(state, model)],
+                },
+            }
+        if name == "weights":
+            return {
+                "version": record.version,
+                "fracBits": config.frac_bits,
+                "numParams": config.num_params,
+                "weights": self.weights(state, config).astype("<i4").tobytes(),
+            }
+        if name == "chunk":
+            index = args.get("index")
+            if not isinstance(index, int) or not 0 <= index < config.num_chunks:
+                raise InvalidCall(f"chunk index must be in [0, {config.num_chunks})")
+            leaves_raw = state.get(key_leaves(model)) or b""
+            leaves = [Hash32(leaves_raw[i : i + 32]) for i in range(0, len(leaves_raw), 32)]
+            return {
+                "chunk": state.get(key_chunk(model, index)),
+                "index": index,
+                "count": config.num_chunks,
+                "proof": list(merkle_proof(leaves, index)),
+                "record": state.get(key_model(model)),
+                "recordKey": key_model(model),
+            }
+        if name == "provenance":
+            version = args.get("version")
+            if not isinstance(version, int) or version < 1:
+                raise InvalidCall("provenance needs a version ≥ 1")
+            raw = state.get(key_provenance(model, version))
+            if raw is None:
+                raise NotFound(f"model {model!r} has no version {version} yet")
+            return codec.decode(raw)
+        return super().query(state, name, args)

@@ -1,0 +1,352 @@
+"""model_state: registry genesis, delta validation, round lifecycle, commitment and proofs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+from support import ALICE, BOB, CHARLIE, DAVE, MemChain
+
+from deltachain.chain import construct_runtime
+from deltachain.crypto.merkle import leaf_hash, verify_merkle_proof
+from deltachain.crypto.trie import trie_prove, verify_proof
+from deltachain.errors import ChainSpecError, InvalidCall, Unauthorized
+from deltachain.model_state.config import parse_model
+from deltachain.model_state.delta import SubmitDelta, dequantize, quantize_top_p
+from deltachain.model_state.module import (
+    DuplicateDelta,
+    ModelStateModule,
+    RoundFull,
+    StaleDelta,
+    key_model,
+)
+from deltachain.primitives.chainspec import DEV_MODEL, dev_chain_spec, parse_chain_spec
+from deltachain.runtime.executive import check_transaction
+from deltachain.runtime.state import key_hash, value_hash
+
+MODEL = "sine-mlp"
+CLIENTS = [BOB, CHARLIE, DAVE, ALICE]
+
+
+def spec_with(**changes: Any) -> Any:
+    raw = dev_chain_spec().to_json()
+    model = {**copy.deepcopy(DEV_MODEL), **changes}
+    raw["genesis"]["runtime"]["model_state"]["models"] = [model]
+    raw["genesis"]["runtime"]["system"]["clients"] = [
+        "0x" + k.address.hex() for k in (BOB, CHARLIE, DAVE)
+    ]
+    return parse_chain_spec(raw)
+
+
+def new_chain(kernel: str = "reference", **changes: Any) -> MemChain:
+    return MemChain(spec_with(**changes), construct_runtime(kernel))
+
+
+def module(chain: MemChain) -> ModelStateModule:
+    found = chain.runtime.modules["model_state"]
+    assert isinstance(found, ModelStateModule)
+    return found
+
+
+def make_delta(chain: MemChain, seed: int, top_p: float = 0.2, **fields: Any) -> SubmitDelta:
+    record = module(chain).record(chain.state(), MODEL)
+    rng = np.random.default_rng(seed)
+    g = rng.normal(0, 0.05, record.config.num_params)
+    idx, val, exp = quantize_top_p(g, top_p, record.config.frac_bits, record.config.global_mask())
+    base = SubmitDelta(MODEL, record.version, idx, val, exp, 10, 1_500_000, 900_000)
+    return SubmitDelta(**{**base.__dict__, **fields})
+
+
+def submit(chain: MemChain, key: Any, delta: SubmitDelta) -> Any:
+    return chain.tx(key, "model_state", "submit_delta", delta.to_args())
+
+
+def version(chain: MemChain) -> int:
+    return module(chain).record(chain.state(), MODEL).version
+
+
+def test_genesis_model_record_and_commitment() -> None:
+    chain = new_chain()
+    got = module(chain).query(chain.state(), "get", {"model": MODEL})
+    assert got["version"] == 0
+    assert got["numParams"] == 1761
+    assert got["chunkCount"] == 7
+    weights = module(chain).weights(
+        chain.state(), module(chain).record(chain.state(), MODEL).config
+    )
+    assert weights.dtype == np.int32
+    assert weights.shape == (1761,)
+    assert np.any(weights != 0)
+    assert np.all(weights[40:80] == 0)  # hidden1.b has initStd 0
+    assert new_chain().head.state_root == chain.head.state_root  # seeded init is deterministic
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"trimBeta": "1/2"}, "below 1/2"),
+        ({"trimBeta": 0.1}, "not a float"),
+        ({"maxDeltas": 1, "minDeltas": 2}, "maxDeltas"),
+        ({"aggregation": "median"}, "aggregation"),
+        ({"layers": []}, "non-empty"),
+        ({"layers": [{"name": "a", "shape": [2], "kind": "local"}]}, "global"),
+        ({"layers": [{"name": "a", "shape": [0]}]}, "positive"),
+        ({"fracBits": 40}, "fracBits"),
+        ({"eta": "0/1"}, "eta"),
+        ({"init": {"kind": "file", "path": "/nonexistent.npy", "sha256": "0x00"}}, "cannot read"),
+        ({"init": {"kind": "uniform"}}, "init.kind"),
+        ({"id": "Bad Id"}, "model id"),
+    ],
+)
+def test_bad_model_specs_are_rejected(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ChainSpecError, match=message):
+        parse_model({**copy.deepcopy(DEV_MODEL), **changes})
+
+
+def test_file_init_is_pinned(tmp_path: Any) -> None:
+    import hashlib
+
+    config = parse_model(DEV_MODEL)
+    weights = np.arange(config.num_params, dtype=np.int32)
+    path = tmp_path / "w.npy"
+    np.save(path, weights)
+    digest = "0x" + hashlib.sha256(path.read_bytes()).hexdigest()
+    chain = new_chain(init={"kind": "file", "path": str(path), "sha256": digest})
+    record = module(chain).record(chain.state(), MODEL)
+    assert np.array_equal(module(chain).weights(chain.state(), record.config), weights)
+    with pytest.raises(ChainSpecError, match="pinned sha256"):
+        parse_model(
+            {**DEV_MODEL, "init": {"kind": "file", "path": str(path), "sha256": "0x" + "0" * 64}}
+        )
+
+
+def invalid_cases() -> list[tuple[str, Any, type[Exception], str]]:
+    return [
+        (
+            "unsorted",
+            lambda d: {
+                **d.__dict__,
+                "indices": d.indices[::-1].copy(),
+                "values": d.values[::-1].copy(),
+            },
+            InvalidCall,
+            "strictly increasing",
+        ),
+        (
+            "duplicate index",
+            lambda d: {
+                **d.__dict__,
+                "indices": np.array([1, 1], np.uint32),
+                "values": np.array([1, 1], np.int8),
+            },
+            InvalidCall,
+            "strictly increasing",
+        ),
+        (
+            "out of range",
+            lambda d: {
+                **d.__dict__,
+                "indices": np.array([5000], np.uint32),
+                "values": np.array([1], np.int8),
+            },
+            InvalidCall,
+            "out of range",
+        ),
+        (
+            "local layer",
+            lambda d: {
+                **d.__dict__,
+                "indices": np.array([1722], np.uint32),
+                "values": np.array([1], np.int8),
+            },
+            InvalidCall,
+            "local layer",
+        ),
+        (
+            "exp too small",
+            lambda d: {**d.__dict__, "exp": -17},
+            InvalidCall,
+            "exp -17 out of range",
+        ),
+        ("exp too large", lambda d: {**d.__dict__, "exp": 8}, InvalidCall, "out of range"),
+        ("future base", lambda d: {**d.__dict__, "base_version": 5}, InvalidCall, "ahead"),
+        (
+            "empty",
+            lambda d: {
+                **d.__dict__,
+                "indices": np.array([], np.uint32),
+                "values": np.array([], np.int8),
+            },
+            InvalidCall,
+            "empty",
+        ),
+        ("unknown model", lambda d: {**d.__dict__, "model": "nope"}, InvalidCall, "no model"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "error", "message"), invalid_cases(), ids=[c[0] for c in invalid_cases()]
+)
+def test_invalid_deltas_are_rejected(
+    name: str, mutate: Any, error: type[Exception], message: str
+) -> None:
+    chain = new_chain()
+    bad = SubmitDelta(**mutate(make_delta(chain, 1)))
+    with pytest.raises(error, match=message):
+        check_transaction(chain.runtime, chain.state(), submit(chain, BOB, bad), chain.genesis_hash)
+
+
+def test_wire_shape_errors() -> None:
+    chain = new_chain()
+    args = make_delta(chain, 1).to_args()
+    for broken, message in [
+        ({**args, "indices": args["indices"][:-1]}, "multiple of 4"),
+        ({**args, "values": args["values"][:-1]}, "indices but"),
+        ({**args, "extra": 1}, "takes model"),
+        ({k: v for k, v in args.items() if k != "exp"}, "takes model"),
+        ({**args, "baseVersion": -1}, "unsigned"),
+        ({**args, "lossPre": "high"}, "lossPre"),
+    ]:
+        tx = chain.tx(BOB, "model_state", "submit_delta", broken)
+        with pytest.raises(InvalidCall, match=message):
+            check_transaction(chain.runtime, chain.state(), tx, chain.genesis_hash)
+
+
+def test_only_registered_clients_submit_once_per_round() -> None:
+    chain = new_chain()
+    with pytest.raises(Unauthorized, match="registered clients"):
+        check_transaction(
+            chain.runtime,
+            chain.state(),
+            submit(chain, ALICE, make_delta(chain, 1)),
+            chain.genesis_hash,
+        )
+    chain.produce([submit(chain, BOB, make_delta(chain, 1))])
+    with pytest.raises(DuplicateDelta):
+        check_transaction(
+            chain.runtime,
+            chain.state(),
+            submit(chain, BOB, make_delta(chain, 2)),
+            chain.genesis_hash,
+        )
+
+
+def test_round_closes_after_round_len_with_min_deltas() -> None:
+    chain = new_chain(roundLen=3, minDeltas=2)
+    root0 = module(chain).record(chain.state(), MODEL).weights_root
+    chain.produce(
+        [submit(chain, BOB, make_delta(chain, 1)), submit(chain, CHARLIE, make_delta(chain, 2))]
+    )
+    assert version(chain) == 0  # block 1 of 3
+    chain.produce([])
+    assert version(chain) == 0
+    chain.produce([])  # block 3: roundLen reached
+    record = module(chain).record(chain.state(), MODEL)
+    assert record.version == 1
+    assert record.weights_root != root0
+    assert record.round_start == 4
+    prov = module(chain).query(chain.state(), "provenance", {"model": MODEL, "version": 1})
+    assert prov["n"] == 2
+    assert [d["client"] for d in prov["deltas"]] == sorted([BOB.address, CHARLIE.address])
+    assert all(d["survived"] == d["coordinates"] for d in prov["deltas"])  # f = 0 at n = 2
+    assert prov["deltas"][0]["lossPre"] == 1_500_000
+    # the round reset: the same client may submit again, against the new version
+    chain.produce([submit(chain, BOB, make_delta(chain, 3))])
+
+
+def test_short_round_carries_over_until_min_deltas() -> None:
+    chain = new_chain(roundLen=2, minDeltas=2)
+    chain.produce([submit(chain, BOB, make_delta(chain, 1))])
+    for _ in range(4):
+        chain.produce([])
+    assert version(chain) == 0
+    got = module(chain).query(chain.state(), "get", {"model": MODEL})
+    assert got["round"]["deltas"] == ["0x" + BOB.address.hex()]
+    chain.produce([submit(chain, CHARLIE, make_delta(chain, 2))])
+    assert version(chain) == 1
+
+
+def test_max_deltas_closes_at_once_and_rejects_more() -> None:
+    chain = new_chain(roundLen=100, minDeltas=2, maxDeltas=2)
+    block, built = chain.build(
+        [
+            submit(chain, BOB, make_delta(chain, 1)),
+            submit(chain, CHARLIE, make_delta(chain, 2)),
+            submit(chain, DAVE, make_delta(chain, 3)),
+        ]
+    )
+    assert [type(e) for _, e in built.rejected] == [RoundFull]
+    chain.import_block(block)
+    assert version(chain) == 1
+
+
+def test_stale_base_version_is_rejected() -> None:
+    chain = new_chain(roundLen=1, minDeltas=2, staleness=0)
+    old = make_delta(chain, 9)
+    chain.produce(
+        [submit(chain, BOB, make_delta(chain, 1)), submit(chain, CHARLIE, make_delta(chain, 2))]
+    )
+    assert version(chain) == 1
+    with pytest.raises(StaleDelta, match="stale"):
+        check_transaction(
+            chain.runtime, chain.state(), submit(chain, DAVE, old), chain.genesis_hash
+        )
+
+
+def run_rounds(kernel: str, order: list[int], semantics: str) -> bytes:
+    chain = new_chain(
+        kernel, roundLen=1, minDeltas=3, maxDeltas=8, trimBeta="1/4", aggregation=semantics
+    )
+    for r in range(2):
+        deltas = [make_delta(chain, 10 * r + i, top_p=0.5) for i in range(3)]
+        chain.produce([submit(chain, CLIENTS[i], deltas[i]) for i in order])
+    return chain.head.state_root
+
+
+@pytest.mark.parametrize("semantics", ["zero-fill", "present-quorum"])
+def test_roots_are_independent_of_arrival_order_and_execution(semantics: str) -> None:
+    roots = {
+        run_rounds("reference", order, semantics) for order in ([0, 1, 2], [2, 0, 1], [1, 2, 0])
+    }
+    assert len(roots) == 1
+
+
+def test_numba_and_reference_kernels_give_identical_roots() -> None:
+    pytest.importorskip("deltachain.model_state.aggregate_numba")
+    for semantics in ("zero-fill", "present-quorum"):
+        assert run_rounds("numba", [0, 1, 2], semantics) == run_rounds(
+            "reference", [0, 1, 2], semantics
+        )
+
+
+def test_chunk_and_record_proofs_verify_to_the_state_root() -> None:
+    chain = new_chain(roundLen=1, minDeltas=2)
+    chain.produce(
+        [submit(chain, BOB, make_delta(chain, 1)), submit(chain, CHARLIE, make_delta(chain, 2))]
+    )
+    state = chain.state()
+    for index in range(7):
+        found = module(chain).query(state, "chunk", {"model": MODEL, "index": index})
+        record = module(chain).query(state, "get", {"model": MODEL})
+        root = bytes.fromhex(record["weightsRoot"][2:])
+        verify_merkle_proof(root, index, found["count"], leaf_hash(found["chunk"]), found["proof"])
+        proof = trie_prove(chain.store, state.base_root, key_hash(key_model(MODEL)))
+        verify_proof(
+            state.base_root, key_hash(key_model(MODEL)), value_hash(found["record"]), proof
+        )
+    weights = module(chain).weights(state, module(chain).record(state, MODEL).config)
+    chunk0 = module(chain).query(state, "chunk", {"model": MODEL, "index": 0})["chunk"]
+    assert chunk0 == weights[:256].astype("<i4").tobytes()
+
+
+def test_quantize_top_p_picks_largest_global_coordinates() -> None:
+    delta = np.zeros(10)
+    delta[[1, 4, 7, 9]] = [0.5, -2.0, 0.25, 3.0]
+    mask = np.ones(10, bool)
+    mask[9] = False
+    idx, val, exp = quantize_top_p(delta, 0.2, 16, mask)
+    assert idx.tolist() == [1, 4]
+    assert exp == -5  # 2.0 / 2^-5 = 64 fits int8; 2^-6 would need 128
+    assert np.allclose(dequantize(idx, val, exp, 10)[[1, 4]], [0.5, -2.0])
