@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support import ALICE, BOB, CHARLIE, DAVE, MemChain
 
 from deltachain.chain import construct_runtime
 from deltachain.crypto.merkle import leaf_hash, verify_merkle_proof
@@ -25,6 +24,7 @@ from deltachain.model_state.module import (
 from deltachain.primitives.chainspec import DEV_MODEL, dev_chain_spec, parse_chain_spec
 from deltachain.runtime.executive import check_transaction
 from deltachain.runtime.state import key_hash, value_hash
+from support import ALICE, BOB, CHARLIE, DAVE, MemChain
 
 MODEL = "sine-mlp"
 CLIENTS = [BOB, CHARLIE, DAVE, ALICE]

@@ -15,6 +15,7 @@ from pathlib import Path
 from deltachain import codec
 from deltachain.consensus.aura import author_of, seal_header, verify_header
 from deltachain.crypto.keys import Keypair
+from deltachain.crypto.trie import TrieProof, trie_prove
 from deltachain.errors import AlreadyKnown, DecodeError, InvalidBlock, NotFound
 from deltachain.node.storage import Storage
 from deltachain.node.txpool import PoolLimits, TxPool
@@ -33,7 +34,7 @@ from deltachain.runtime.executive import (
     env_for,
 )
 from deltachain.runtime.module import BlockEnv
-from deltachain.runtime.state import MemoryStateStore, State
+from deltachain.runtime.state import MemoryStateStore, State, key_hash
 
 log = logging.getLogger("deltachain.chain")
 
@@ -76,6 +77,10 @@ class Chain:
 
     def authorities_at(self, block_hash: Hash32) -> tuple[Address, ...]:
         return system.get_authorities(self.state_at(block_hash))
+
+    def prove(self, key: bytes, block_hash: Hash32) -> TrieProof:
+        """Inclusion (or non-inclusion) proof of a raw state key at a block's state root."""
+        return trie_prove(self.storage, self.storage.state_root_at(block_hash), key_hash(key))
 
     # --- import ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from deltachain.chain import construct_runtime
 from deltachain.consensus.aura import slot_at
 from deltachain.crypto.keys import Keypair, address_to_str
+from deltachain.errors import DeltachainError
 from deltachain.node.chain import Chain, ImportResult
 from deltachain.node.rpc import RpcServer
 from deltachain.primitives.chainspec import ChainSpec
@@ -50,17 +51,40 @@ def log_block(result: ImportResult, finalized: int, verb: str) -> None:
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (or SIGINT/SIGTERM); raises StorageError etc. before starting."""
+    """Run until ``stop`` is set (or SIGINT/SIGTERM).
+
+    Raises StorageError etc. before starting, DeltachainError if the RPC port cannot be bound.
+    "stopped cleanly" is logged only when the node stopped because it was asked to.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    chain = Chain(config.spec, construct_runtime(), config.base_path, archive=config.archive)
+    try:
+        chain = Chain(config.spec, construct_runtime(), config.base_path, archive=config.archive)
+        try:
+            await _serve(chain, config, stop)
+        finally:
+            chain.close()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    log.info("stopped cleanly")
+
+
+async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
     runner = web.AppRunner(RpcServer(chain, node_name=config.name).app(), access_log=None)
     try:
         await runner.setup()
-        await web.TCPSite(runner, config.rpc_host, config.rpc_port).start()
+        try:
+            await web.TCPSite(runner, config.rpc_host, config.rpc_port).start()
+        except OSError as exc:
+            raise DeltachainError(
+                f"cannot listen for JSON-RPC on {config.rpc_host}:{config.rpc_port} "
+                f"({exc.strerror or exc}); choose another --rpc-port or stop the process using it"
+            ) from None
         best = chain.storage.best_header()
         log.info("chain %r (%s), genesis 0x%s…, best #%d, database %s", config.spec.name,
                  config.spec.id, chain.genesis_hash.hex()[:16], best.number, chain.storage.path)
@@ -69,12 +93,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
             log.info("authoring as %s", address_to_str(config.key.address))
         await _slot_loop(chain, config, stop)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
         await runner.cleanup()
-        chain.close()
-        log.info("stopped cleanly")
 
 
 async def _slot_loop(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:

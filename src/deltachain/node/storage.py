@@ -7,6 +7,8 @@ instant leaves the last fully imported block as the head and nothing half-writte
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -14,13 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deltachain import codec
-from deltachain.errors import CorruptDatabase, ForeignDatabase, NotFound, StorageError
+from deltachain.errors import (
+    CorruptDatabase,
+    DecodeError,
+    ForeignDatabase,
+    NotFound,
+    StorageError,
+)
 from deltachain.primitives.block import Block, Header
 from deltachain.primitives.types import BlockNumber, Hash32
 from deltachain.runtime.state import StateDiff
 
 SCHEMA_VERSION = 1
 DB_FILE = "chain.sqlite"
+LOCK_FILE = "chain.sqlite.lock"
 PRUNE_DEPTH = 256
 """States older than finalized − PRUNE_DEPTH are pruned unless the node runs with --archive."""
 
@@ -40,6 +49,15 @@ CREATE TABLE justifications (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
 """
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection that has not touched the file yet (no pragma that writes)."""
+    try:
+        return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.DatabaseError as exc:
+        raise CorruptDatabase(f"{path} cannot be opened ({exc}); check the path and its "
+                              "permissions or choose another --base-path") from None
+
+
 @dataclass(frozen=True)
 class TxLocation:
     block_hash: Hash32
@@ -54,6 +72,7 @@ class Storage:
         self._conn = conn
         self.path = path
         self.archive = archive
+        self._lock_fd: int | None = None
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -63,53 +82,100 @@ class Storage:
         """Open (or with ``create`` initialise) the database for the chain whose genesis is given.
 
         Raises ForeignDatabase if the directory holds another chain, CorruptDatabase if the file
-        is not a usable deltachain database, StorageError if it does not exist and create=False.
+        is not a usable deltachain database, StorageError if it does not exist and create=False
+        or another process (a running node) has it open. An existing file is only read until it
+        has been recognised as this chain's database: a rejected file is left byte for byte as
+        it was.
         """
         base_path = Path(base_path)
         path = base_path / DB_FILE
         exists = path.exists() and path.stat().st_size > 0
         if not exists and not create:
-            raise StorageError(f"no chain database at {path}; start a node with --base-path {base_path}")
-        base_path.mkdir(parents=True, exist_ok=True)
+            raise StorageError(f"no chain database at {path}; start a node with "
+                               f"--base-path {base_path}")
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=OFF")
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError as exc:
-            raise CorruptDatabase(f"{path} is not a usable database ({exc}); move it away or "
-                                  "choose another --base-path") from None
-        store = cls(conn, path, archive)
-        if not tables:
-            if not create:
-                raise StorageError(f"{path} is empty")
-            store._initialise(genesis_block, genesis_diff, chain_id)
-            return store
-        if "meta" not in tables:
-            conn.close()
-            raise CorruptDatabase(f"{path} is not a deltachain database (no meta table); "
-                                  "choose another --base-path")
-        store._check(genesis_block.hash, chain_id)
+            base_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the database directory {base_path} "
+                               f"({exc.strerror or exc}); choose another --base-path") from None
+        store = cls(_connect(path), path, archive)
+        try:
+            if not store._tables():
+                if not create:
+                    raise StorageError(f"{path} is empty")
+                store._lock()
+                if not store._tables():  # no other node initialised it since our first look
+                    store._configure()
+                    store._initialise(genesis_block, genesis_diff, chain_id)
+                    return store
+            store._check(genesis_block.hash, chain_id)
+            store._lock()
+            store._configure()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
     def open_existing(cls, base_path: Path) -> Storage:
-        """Open a node's database without its chain spec (read-side tools such as ``query``)."""
+        """Open a node's database without its chain spec (read-side tools such as ``query``).
+
+        Takes no lock (the node may be running) and changes nothing in the file.
+        """
         path = Path(base_path) / DB_FILE
         if not path.exists():
             raise StorageError(f"no chain database at {path}; is --base-path right?")
+        store = cls(_connect(path), path, archive=True)
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.DatabaseError as exc:
-            raise CorruptDatabase(f"{path} is not a usable database ({exc})") from None
-        store = cls(conn, path, archive=True)
-        try:
-            store._check(Hash32(store._meta("genesis_hash")), "")
-        except (NotFound, sqlite3.DatabaseError) as exc:
-            raise CorruptDatabase(f"{path} is not a deltachain database ({exc})") from None
+            if not store._tables():
+                raise CorruptDatabase(f"{path} is empty, not a deltachain database")
+            store._check(None, None)
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def _tables(self) -> set[str]:
+        try:
+            return {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDatabase(f"{self.path} is not a usable database ({exc}); move it away or "
+                                  "choose another --base-path") from None
+
+    def _configure(self) -> None:
+        """Durability settings; run only on a file already known to be ours (they write to it)."""
+        mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode}); put "
+                               "--base-path on a local file system")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=OFF")
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the directory for this process's lifetime (one writer).
+
+        ``flock`` is released by the kernel when the process dies, so a killed node never leaves
+        a stale lock behind.
+        """
+        if self._lock_fd is not None:
+            return
+        lock_path = self.path.with_name(LOCK_FILE)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {lock_path} ({exc.strerror or exc}); "
+                               "choose another --base-path") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StorageError(f"{self.path.parent} is in use by another node (pid {holder}); "
+                               "stop it or choose another --base-path") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def _initialise(self, genesis: Block, diff: StateDiff, chain_id: str) -> None:
         with self._write():
@@ -123,42 +189,77 @@ class Storage:
             self._set_canonical(genesis)
             self._put_meta("finalized", genesis.hash)
 
-    def _check(self, genesis_hash: Hash32, chain_id: str) -> None:
+    def _check(self, genesis_hash: Hash32 | None, chain_id: str | None) -> None:
+        """Recognise the file as a deltachain database (of this chain, when given); read-only."""
+        if "meta" not in self._tables():
+            raise CorruptDatabase(f"{self.path} is not a deltachain database (no meta table); "
+                                  "move it away or choose another --base-path")
+        damaged = f"{self.path} is damaged"
+        advice = "move it away (or delete it to resync) or choose another --base-path"
         try:
-            version = self._meta("schema_version")
+            version = codec.decode(self._meta("schema_version"))
             stored_genesis = self._meta("genesis_hash")
             stored_chain = self._meta("chain_id").decode()
-            self._meta("best")
-        except (NotFound, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-            raise CorruptDatabase(f"{self.path} is damaged ({exc}); move it away or choose "
-                                  "another --base-path") from None
-        if codec.decode(version) != SCHEMA_VERSION:
-            raise CorruptDatabase(f"{self.path} has schema version {codec.decode(version)}, "
-                                  f"this node needs {SCHEMA_VERSION}")
-        if stored_genesis != genesis_hash:
+            best = self.best_header()
+            finalized = self.finalized_header()
+            canonical_best = self.canonical_hash(best.number)
+        except (NotFound, DecodeError, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise CorruptDatabase(f"{damaged} ({exc}); {advice}") from None
+        if version != SCHEMA_VERSION:
+            raise CorruptDatabase(f"{self.path} has schema version {version!r}, "
+                                  f"this node needs {SCHEMA_VERSION}; {advice}")
+        if genesis_hash is not None and stored_genesis != genesis_hash:
+            wanted = f"{chain_id!r} " if chain_id else ""
             raise ForeignDatabase(
-                f"{self.path} holds chain {stored_chain!r} with genesis 0x{stored_genesis.hex()[:16]}…, "
-                f"not this chain (0x{genesis_hash.hex()[:16]}…); use another --base-path or the "
-                "matching --chain"
+                f"{self.path} holds chain {stored_chain!r} with genesis "
+                f"0x{stored_genesis.hex()[:16]}…, not this chain {wanted}"
+                f"(0x{genesis_hash.hex()[:16]}…); use another --base-path or the matching --chain"
             )
-        best = self.best_header()
-        if self.get_node(best.state_root) is None and best.state_root != bytes(32):
-            raise CorruptDatabase(f"{self.path}: the state of the best block is missing")
+        if chain_id is not None and stored_chain != chain_id:
+            raise ForeignDatabase(
+                f"{self.path} holds chain {stored_chain!r}, not {chain_id!r}; use another "
+                "--base-path or the matching --chain"
+            )
+        if canonical_best != best.hash or finalized.number > best.number:
+            raise CorruptDatabase(f"{damaged} (the canonical index disagrees with the head); "
+                                  f"{advice}")
+        try:
+            best_state = self.get_node(best.state_root)
+        except sqlite3.DatabaseError as exc:
+            raise CorruptDatabase(f"{damaged} ({exc}); {advice}") from None
+        if best_state is None and best.state_root != bytes(32):
+            raise CorruptDatabase(f"{damaged} (the state of the best block is missing); {advice}")
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the database, then release the directory lock (in that order)."""
+        try:
+            self._conn.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # --- low level -------------------------------------------------------------------------
 
     @contextmanager
     def _write(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        """One atomic write transaction; a failed COMMIT (disk full, I/O error) rolls back too.
+
+        SQLite's operational failures (disk full, I/O error, locked) become StorageError with
+        the path, so the node stops with a one-line error rather than a traceback.
+        """
         try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"cannot write to {self.path} ({exc}); check free disk space "
+                               "and that no other program holds the database") from None
 
     def _meta(self, key: str) -> bytes:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -257,8 +358,8 @@ class Storage:
         return Hash32(bytes(row[0]))
 
     def canonical_hashes(self, start: int = 0) -> Iterable[tuple[int, Hash32]]:
-        rows = self._conn.execute("SELECT number, hash FROM canon WHERE number >= ? ORDER BY number",
-                                  (start,)).fetchall()
+        rows = self._conn.execute(
+            "SELECT number, hash FROM canon WHERE number >= ? ORDER BY number", (start,)).fetchall()
         return [(int(n), Hash32(bytes(h))) for n, h in rows]
 
     def block_events(self, block_hash: Hash32) -> bytes:
@@ -287,12 +388,12 @@ class Storage:
         """Every trie node and value reachable from ``roots``; shared subtrees are walked once."""
         nodes: set[bytes] = set()
         values: set[bytes] = set()
-        stack = [r for r in roots if r != bytes(32)]
+        stack: list[bytes] = [r for r in roots if r != bytes(32)]
         while stack:
             node_hash = stack.pop()
             if node_hash in nodes:
                 continue
-            data = self.get_node(node_hash)
+            data = self.get_node(Hash32(node_hash))
             if data is None:
                 continue  # a state already pruned earlier
             nodes.add(node_hash)
@@ -321,7 +422,8 @@ class Storage:
             c = self._conn
             deleted = 0
             for table, live in (("nodes", live_nodes), ("vals", live_values)):
-                c.execute("CREATE TEMP TABLE IF NOT EXISTS live(hash BLOB PRIMARY KEY) WITHOUT ROWID")
+                c.execute("CREATE TEMP TABLE IF NOT EXISTS live(hash BLOB PRIMARY KEY) "
+                          "WITHOUT ROWID")
                 c.execute("DELETE FROM live")
                 c.executemany("INSERT INTO live(hash) VALUES (?)", ((h,) for h in live))
                 deleted += c.execute(
