@@ -115,7 +115,7 @@ Kernel = Callable[
 def _numba_kernel() -> Kernel:
     from deltachain.model_state import aggregate_numba
 
-    return aggregate_numba.trimmed_sum_sparse  # type: ignore[no-any-return]
+    return aggregate_numba.trimmed_sum_sparse
 
 
 class ModelStateModule(Module):
@@ -140,6 +140,12 @@ class ModelStateModule(Module):
                 else _numba_kernel()
             )
         return self._kernel
+
+    def warm_up(self) -> None:
+        if self._kernel_name == "numba":
+            from deltachain.model_state import aggregate_numba
+
+            aggregate_numba.warm_up()
 
     # --- genesis ---------------------------------------------------------------------------
 

@@ -99,14 +99,19 @@ def block_json(block: Block) -> dict[str, Any]:
     }
 
 
-Handler = Callable[[list[Any]], Awaitable[Any]]
+ChainRunner = Callable[..., Awaitable[Any]]
+"""Runs a function on the chain thread (the only thread that touches storage) and awaits it."""
+
+Handler = Callable[[list[Any]], Any]
+"""Handlers are plain functions: they run on the chain thread, never on the event loop."""
 
 
 class RpcServer:
     """Method table over a Chain; a subclass or later module may register more methods."""
 
-    def __init__(self, chain: Chain, *, node_name: str = "deltachain") -> None:
+    def __init__(self, chain: Chain, run: ChainRunner, *, node_name: str = "deltachain") -> None:
         self.chain = chain
+        self.run = run
         self.node_name = node_name
         self.methods: dict[str, Handler] = {
             "rpc_methods": self._rpc_methods,
@@ -136,15 +141,15 @@ class RpcServer:
 
     @staticmethod
     def _const(value: Any) -> Handler:
-        async def handler(params: list[Any]) -> Any:
+        def handler(params: list[Any]) -> Any:
             return value
 
         return handler
 
-    async def _rpc_methods(self, params: list[Any]) -> Any:
+    def _rpc_methods(self, params: list[Any]) -> Any:
         return {"methods": sorted(self.methods)}
 
-    async def _health(self, params: list[Any]) -> Any:
+    def _health(self, params: list[Any]) -> Any:
         return {
             "peers": 0,
             "isSyncing": False,
@@ -156,7 +161,7 @@ class RpcServer:
             return self.chain.storage.best_hash()
         return Hash32(unhex(params[0], "block hash", 32))
 
-    async def _account_next_index(self, params: list[Any]) -> Any:
+    def _account_next_index(self, params: list[Any]) -> Any:
         if len(params) != 1 or not isinstance(params[0], str):
             raise RpcError(INVALID_PARAMS, "expected [address]")
         try:
@@ -165,7 +170,7 @@ class RpcServer:
             raise RpcError(INVALID_PARAMS, str(exc)) from None
         return system.get_nonce(self.chain.best_state(), who)
 
-    async def _get_block_hash(self, params: list[Any]) -> Any:
+    def _get_block_hash(self, params: list[Any]) -> Any:
         if not params or params[0] is None:
             return hex0x(self.chain.storage.best_hash())
         number = params[0]
@@ -176,22 +181,22 @@ class RpcServer:
         except NotFound:
             return None
 
-    async def _get_header(self, params: list[Any]) -> Any:
+    def _get_header(self, params: list[Any]) -> Any:
         try:
             return header_json(self.chain.storage.header(self._block_hash_param(params)))
         except NotFound:
             return None
 
-    async def _get_block(self, params: list[Any]) -> Any:
+    def _get_block(self, params: list[Any]) -> Any:
         try:
             return block_json(self.chain.storage.block(self._block_hash_param(params)))
         except NotFound:
             return None
 
-    async def _finalized_head(self, params: list[Any]) -> Any:
+    def _finalized_head(self, params: list[Any]) -> Any:
         return hex0x(self.chain.storage.finalized_hash())
 
-    async def _submit(self, params: list[Any]) -> Any:
+    def _submit(self, params: list[Any]) -> Any:
         if len(params) != 1:
             raise RpcError(INVALID_PARAMS, "expected [0x-hex encoded transaction]")
         raw = unhex(params[0], "transaction")
@@ -203,15 +208,15 @@ class RpcServer:
             raise RpcError(POOL_REJECTED, f"transaction pool rejected it: {exc}") from None
         return hex0x(tx_hash)
 
-    async def _pending(self, params: list[Any]) -> Any:
+    def _pending(self, params: list[Any]) -> Any:
         return [hex0x(tx.encode()) for tx in self.chain.pool.all()]
 
-    async def _tx_status(self, params: list[Any]) -> Any:
+    def _tx_status(self, params: list[Any]) -> Any:
         if len(params) != 1:
             raise RpcError(INVALID_PARAMS, "expected [transaction hash]")
         return self.chain.transaction_status(Hash32(unhex(params[0], "transaction hash", 32)))
 
-    async def _runtime_query(self, params: list[Any]) -> Any:
+    def _runtime_query(self, params: list[Any]) -> Any:
         if len(params) not in (2, 3) or not all(isinstance(p, str) for p in params[:2]):
             raise RpcError(INVALID_PARAMS, "expected [module, query, {args}]")
         args = dict(params[2]) if len(params) == 3 and isinstance(params[2], dict) else {}
@@ -226,7 +231,7 @@ class RpcServer:
         return module.query(self.chain.best_state(), params[1], args)
 
     def _model_query(self, name: str, extra: str | None = None) -> Handler:
-        async def handler(params: list[Any]) -> Any:
+        def handler(params: list[Any]) -> Any:
             args: dict[str, Any] = {}
             if name != "list":
                 if not params or not isinstance(params[0], str):
@@ -241,7 +246,7 @@ class RpcServer:
 
         return handler
 
-    async def _chunk_proof(self, params: list[Any]) -> Any:
+    def _chunk_proof(self, params: list[Any]) -> Any:
         """A chunk, its Merkle path to weightsRoot, and the model record's proof to a state root."""
         if len(params) < 2 or not isinstance(params[0], str) or not isinstance(params[1], int):
             raise RpcError(INVALID_PARAMS, "expected [model id, chunk index, (block hash)]")
@@ -276,7 +281,7 @@ class RpcServer:
             handler = self.methods.get(request["method"])
             if handler is None:
                 raise RpcError(METHOD_NOT_FOUND, f"method {request['method']!r} not found")
-            result = await handler(params)
+            result = await self.run(handler, params)
         except RpcError as exc:
             return {
                 "jsonrpc": "2.0",

@@ -12,8 +12,11 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +25,7 @@ from deltachain.consensus.aura import slot_at
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.errors import DeltachainError
 from deltachain.node.chain import Chain, ImportResult
-from deltachain.node.rpc import RpcServer
+from deltachain.node.rpc import ChainRunner, RpcServer
 from deltachain.primitives.chainspec import ChainSpec
 
 log = logging.getLogger("deltachain.node")
@@ -45,9 +48,16 @@ def now_ms() -> int:
 
 def log_block(result: ImportResult, finalized: int, verb: str) -> None:
     block = result.block
-    log.info("%s #%d (0x%s…) slot %d, %d txs in %.1f ms; finalized #%d", verb, block.number,
-             block.hash.hex()[:12], block.header.slot, len(block.transactions),
-             result.seconds * 1e3, finalized)
+    log.info(
+        "%s #%d (0x%s…) slot %d, %d txs in %.1f ms; finalized #%d",
+        verb,
+        block.number,
+        block.hash.hex()[:12],
+        block.header.slot,
+        len(block.transactions),
+        result.seconds * 1e3,
+        finalized,
+    )
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> None:
@@ -74,8 +84,20 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
     log.info("stopped cleanly")
 
 
+def chain_runner(executor: ThreadPoolExecutor) -> ChainRunner:
+    """Everything that touches the chain runs on one thread: storage is never shared between
+    threads, and a long block import (numba aggregation) never stalls the event loop."""
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    return run
+
+
 async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(RpcServer(chain, node_name=config.name).app(), access_log=None)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
+    run = chain_runner(executor)
+    runner = web.AppRunner(RpcServer(chain, run, node_name=config.name).app(), access_log=None)
     try:
         await runner.setup()
         try:
@@ -86,24 +108,36 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
                 f"({exc.strerror or exc}); choose another --rpc-port or stop the process using it"
             ) from None
         best = chain.storage.best_header()
-        log.info("chain %r (%s), genesis 0x%s…, best #%d, database %s", config.spec.name,
-                 config.spec.id, chain.genesis_hash.hex()[:16], best.number, chain.storage.path)
+        log.info(
+            "chain %r (%s), genesis 0x%s…, best #%d, database %s",
+            config.spec.name,
+            config.spec.id,
+            chain.genesis_hash.hex()[:16],
+            best.number,
+            chain.storage.path,
+        )
         log.info("JSON-RPC listening on http://%s:%d", config.rpc_host, config.rpc_port)
         if config.key is not None:
             log.info("authoring as %s", address_to_str(config.key.address))
-        await _slot_loop(chain, config, stop)
+        warm = await run(chain.warm_up)
+        log.info("aggregation kernels ready in %.2f s", warm)
+        await _slot_loop(chain, config, stop, run)
     finally:
         await runner.cleanup()
+        executor.shutdown(wait=True)
 
 
-async def _slot_loop(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
+async def _slot_loop(
+    chain: Chain, config: NodeConfig, stop: asyncio.Event, run: ChainRunner
+) -> None:
     slot_ms = config.spec.slot_ms
     while not stop.is_set():
         slot = slot_at(now_ms(), slot_ms)
         if config.key is not None:
-            result = chain.author_block(slot, config.key)
+            result = await run(chain.author_block, slot, config.key)
             if result is not None:
-                log_block(result, chain.storage.finalized_header().number, "authored")
+                finalized = await run(lambda: chain.storage.finalized_header().number)
+                log_block(result, finalized, "authored")
         wait_s = ((slot + 1) * slot_ms - now_ms()) / 1000
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=max(wait_s, 0.001))

@@ -54,8 +54,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.DatabaseError as exc:
-        raise CorruptDatabase(f"{path} cannot be opened ({exc}); check the path and its "
-                              "permissions or choose another --base-path") from None
+        raise CorruptDatabase(
+            f"{path} cannot be opened ({exc}); check the path and its "
+            "permissions or choose another --base-path"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,16 @@ class Storage:
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, base_path: Path, genesis_block: Block, genesis_diff: StateDiff, chain_id: str,
-             *, archive: bool = False, create: bool = True) -> Storage:
+    def open(
+        cls,
+        base_path: Path,
+        genesis_block: Block,
+        genesis_diff: StateDiff,
+        chain_id: str,
+        *,
+        archive: bool = False,
+        create: bool = True,
+    ) -> Storage:
         """Open (or with ``create`` initialise) the database for the chain whose genesis is given.
 
         Raises ForeignDatabase if the directory holds another chain, CorruptDatabase if the file
@@ -91,13 +101,16 @@ class Storage:
         path = base_path / DB_FILE
         exists = path.exists() and path.stat().st_size > 0
         if not exists and not create:
-            raise StorageError(f"no chain database at {path}; start a node with "
-                               f"--base-path {base_path}")
+            raise StorageError(
+                f"no chain database at {path}; start a node with --base-path {base_path}"
+            )
         try:
             base_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create the database directory {base_path} "
-                               f"({exc.strerror or exc}); choose another --base-path") from None
+            raise StorageError(
+                f"cannot create the database directory {base_path} "
+                f"({exc.strerror or exc}); choose another --base-path"
+            ) from None
         store = cls(_connect(path), path, archive)
         try:
             if not store._tables():
@@ -137,18 +150,24 @@ class Storage:
 
     def _tables(self) -> set[str]:
         try:
-            return {r[0] for r in self._conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")}
+            return {
+                r[0]
+                for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
         except sqlite3.DatabaseError as exc:
-            raise CorruptDatabase(f"{self.path} is not a usable database ({exc}); move it away or "
-                                  "choose another --base-path") from None
+            raise CorruptDatabase(
+                f"{self.path} is not a usable database ({exc}); move it away or "
+                "choose another --base-path"
+            ) from None
 
     def _configure(self) -> None:
         """Durability settings; run only on a file already known to be ours (they write to it)."""
         mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
-            raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode}); put "
-                               "--base-path on a local file system")
+            raise StorageError(
+                f"{self.path}: cannot switch to WAL mode (got {mode}); put "
+                "--base-path on a local file system"
+            )
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=OFF")
 
@@ -164,15 +183,18 @@ class Storage:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StorageError(f"cannot create {lock_path} ({exc.strerror or exc}); "
-                               "choose another --base-path") from None
+            raise StorageError(
+                f"cannot create {lock_path} ({exc.strerror or exc}); choose another --base-path"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise StorageError(f"{self.path.parent} is in use by another node (pid {holder}); "
-                               "stop it or choose another --base-path") from None
+            raise StorageError(
+                f"{self.path.parent} is in use by another node (pid {holder}); "
+                "stop it or choose another --base-path"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -192,8 +214,10 @@ class Storage:
     def _check(self, genesis_hash: Hash32 | None, chain_id: str | None) -> None:
         """Recognise the file as a deltachain database (of this chain, when given); read-only."""
         if "meta" not in self._tables():
-            raise CorruptDatabase(f"{self.path} is not a deltachain database (no meta table); "
-                                  "move it away or choose another --base-path")
+            raise CorruptDatabase(
+                f"{self.path} is not a deltachain database (no meta table); "
+                "move it away or choose another --base-path"
+            )
         damaged = f"{self.path} is damaged"
         advice = "move it away (or delete it to resync) or choose another --base-path"
         try:
@@ -206,8 +230,10 @@ class Storage:
         except (NotFound, DecodeError, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise CorruptDatabase(f"{damaged} ({exc}); {advice}") from None
         if version != SCHEMA_VERSION:
-            raise CorruptDatabase(f"{self.path} has schema version {version!r}, "
-                                  f"this node needs {SCHEMA_VERSION}; {advice}")
+            raise CorruptDatabase(
+                f"{self.path} has schema version {version!r}, "
+                f"this node needs {SCHEMA_VERSION}; {advice}"
+            )
         if genesis_hash is not None and stored_genesis != genesis_hash:
             wanted = f"{chain_id!r} " if chain_id else ""
             raise ForeignDatabase(
@@ -221,8 +247,9 @@ class Storage:
                 "--base-path or the matching --chain"
             )
         if canonical_best != best.hash or finalized.number > best.number:
-            raise CorruptDatabase(f"{damaged} (the canonical index disagrees with the head); "
-                                  f"{advice}")
+            raise CorruptDatabase(
+                f"{damaged} (the canonical index disagrees with the head); {advice}"
+            )
         try:
             best_state = self.get_node(best.state_root)
         except sqlite3.DatabaseError as exc:
@@ -258,8 +285,10 @@ class Storage:
                     self._conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
-            raise StorageError(f"cannot write to {self.path} ({exc}); check free disk space "
-                               "and that no other program holds the database") from None
+            raise StorageError(
+                f"cannot write to {self.path} ({exc}); check free disk space "
+                "and that no other program holds the database"
+            ) from None
 
     def _meta(self, key: str) -> bytes:
         row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -278,8 +307,14 @@ class Storage:
         c.execute(
             "INSERT OR IGNORE INTO blocks(hash, number, parent, state_root, data, events) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (block.hash, block.number, block.header.parent_hash, block.header.state_root,
-             block.encode(), events),
+            (
+                block.hash,
+                block.number,
+                block.header.parent_hash,
+                block.header.state_root,
+                block.encode(),
+                events,
+            ),
         )
 
     def _set_canonical(self, block: Block) -> None:
@@ -308,8 +343,15 @@ class Storage:
 
     # --- blocks ----------------------------------------------------------------------------
 
-    def import_block(self, block: Block, diff: StateDiff, events: bytes, *,
-                     make_best: bool = True, finalized: Hash32 | None = None) -> None:
+    def import_block(
+        self,
+        block: Block,
+        diff: StateDiff,
+        events: bytes,
+        *,
+        make_best: bool = True,
+        finalized: Hash32 | None = None,
+    ) -> None:
         """Persist a block and its state atomically; with make_best it becomes the head."""
         with self._write():
             self._insert_block(block, diff, events)
@@ -359,7 +401,8 @@ class Storage:
 
     def canonical_hashes(self, start: int = 0) -> Iterable[tuple[int, Hash32]]:
         rows = self._conn.execute(
-            "SELECT number, hash FROM canon WHERE number >= ? ORDER BY number", (start,)).fetchall()
+            "SELECT number, hash FROM canon WHERE number >= ? ORDER BY number", (start,)
+        ).fetchall()
         return [(int(n), Hash32(bytes(h))) for n, h in rows]
 
     def block_events(self, block_hash: Hash32) -> bytes:
@@ -371,7 +414,9 @@ class Storage:
     def tx_location(self, tx_hash: Hash32) -> TxLocation:
         row = self._conn.execute(
             "SELECT t.block, b.number, t.idx FROM txs t JOIN blocks b ON b.hash = t.block "
-            "WHERE t.hash=?", (tx_hash,)).fetchone()
+            "WHERE t.hash=?",
+            (tx_hash,),
+        ).fetchone()
         if row is None:
             raise NotFound(f"no included transaction 0x{tx_hash.hex()}")
         return TxLocation(Hash32(bytes(row[0])), BlockNumber(int(row[1])), int(row[2]))
@@ -380,8 +425,10 @@ class Storage:
         """State root of a block whose state is still stored; NotFound if pruned."""
         header = self.header(block_hash)
         if header.state_root != bytes(32) and self.get_node(header.state_root) is None:
-            raise NotFound(f"the state of block {header.number} was pruned; run the node with "
-                           "--archive to keep every state")
+            raise NotFound(
+                f"the state of block {header.number} was pruned; run the node with "
+                "--archive to keep every state"
+            )
         return header.state_root
 
     def _mark(self, roots: Iterable[Hash32]) -> tuple[set[bytes], set[bytes]]:
@@ -415,15 +462,20 @@ class Storage:
             return 0
         finalized = self.finalized_header()
         keep_from = max(0, finalized.number - PRUNE_DEPTH)
-        roots = [Hash32(bytes(r[0])) for r in self._conn.execute(
-            "SELECT state_root FROM blocks WHERE number >= ?", (keep_from,))]
+        roots = [
+            Hash32(bytes(r[0]))
+            for r in self._conn.execute(
+                "SELECT state_root FROM blocks WHERE number >= ?", (keep_from,)
+            )
+        ]
         live_nodes, live_values = self._mark(roots)
         with self._write():
             c = self._conn
             deleted = 0
             for table, live in (("nodes", live_nodes), ("vals", live_values)):
-                c.execute("CREATE TEMP TABLE IF NOT EXISTS live(hash BLOB PRIMARY KEY) "
-                          "WITHOUT ROWID")
+                c.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS live(hash BLOB PRIMARY KEY) WITHOUT ROWID"
+                )
                 c.execute("DELETE FROM live")
                 c.executemany("INSERT INTO live(hash) VALUES (?)", ((h,) for h in live))
                 deleted += c.execute(

@@ -65,6 +65,10 @@ class Module(ABC):
         """End-of-block hook (e.g. closing a model round)."""
         return []
 
+    def warm_up(self) -> None:
+        """Prepare slow resources (e.g. compile kernels) before the node authors or imports."""
+        return None
+
     def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
         """Read-only queries for RPC and CLI (raise NotFound / InvalidCall)."""
         raise NotFound(f"module {self.name!r} has no query {name!r}")
