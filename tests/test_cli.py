@@ -137,3 +137,63 @@ def test_helpful_errors_without_a_node(tmp_path: Path) -> None:
     proc = run("node", "--chain", str(bad_spec), check=False)
     assert proc.returncode == 1
     assert "not valid JSON" in proc.stderr
+
+
+def test_submit_deltas_close_a_round_and_change_the_weights(node: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    model = json.loads(run("query", "model", "sine-mlp", "--rpc", node, "--json").stdout)
+    assert model["version"] == 0
+    rng = np.random.default_rng(0)
+    for i, key in enumerate(("//bob", "//charlie")):
+        path = tmp_path / f"delta{i}.npy"
+        np.save(path, rng.normal(0, 0.01, model["numParams"]))
+        out = run(
+            "submit-delta",
+            "--key",
+            key,
+            "--model",
+            "sine-mlp",
+            "--delta",
+            str(path),
+            "--top-p",
+            "0.1",
+            "--samples",
+            "10",
+            "--rpc",
+            node,
+        ).stdout
+        assert "coordinates" in out
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        after = json.loads(run("query", "model", "sine-mlp", "--rpc", node, "--json").stdout)
+        if after["version"] == 1:
+            break
+        time.sleep(0.25)
+    assert after["version"] == 1
+    assert after["weightsRoot"] != model["weightsRoot"]
+    prov = json.loads(
+        run("query", "provenance", "sine-mlp", "--version", "1", "--rpc", node, "--json").stdout
+    )
+    assert prov["n"] == 2
+    assert all(d["samples"] == 10 for d in prov["deltas"])
+    out = tmp_path / "w.npy"
+    run("query", "weights", "sine-mlp", "--out", str(out), "--rpc", node)
+    weights = np.load(out)
+    assert weights.shape == (model["numParams"],)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros(7))
+    proc = run(
+        "submit-delta",
+        "--key",
+        "//bob",
+        "--model",
+        "sine-mlp",
+        "--delta",
+        str(bad),
+        "--rpc",
+        node,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "has 7 values" in proc.stderr
