@@ -197,3 +197,52 @@ def test_submit_deltas_close_a_round_and_change_the_weights(node: str, tmp_path:
     )
     assert proc.returncode == 1
     assert "has 7 values" in proc.stderr
+
+
+def rpc(url: str, payload: object) -> object:
+    import urllib.request
+
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def call(url: str, method: str, *params: object) -> dict:  # type: ignore[type-arg]
+    reply = rpc(url, {"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+    assert isinstance(reply, dict)
+    return reply
+
+
+def test_bad_transactions_are_rejected_and_the_node_keeps_running(node: str) -> None:
+    from deltachain.crypto.keys import Keypair
+    from deltachain.primitives.transaction import sign_transaction
+
+    genesis = bytes.fromhex(call(node, "chain_getGenesisHash")["result"][2:])
+    bob = Keypair.dev("bob")
+    good = sign_transaction(bob, genesis, 0, "system", "remark", {"data": b"x"})  # type: ignore[arg-type]
+    other_chain = sign_transaction(bob, bytes(32), 0, "system", "remark", {"data": b"x"})  # type: ignore[arg-type]
+    future = sign_transaction(bob, genesis, 9, "system", "remark", {"data": b"x"})  # type: ignore[arg-type]
+    stranger = sign_transaction(Keypair.dev("zed"), genesis, 0, "system", "remark", {"data": b"x"})  # type: ignore[arg-type]
+    forged = good.encode()[:-3] + b"\x00\x00\x00"
+    cases = [
+        ("0xff00", "CBOR"),
+        ("0x5b00000000ffffffff", "CBOR"),
+        ("0x" + "00" * (800 * 1024), "over the limit"),
+        ("0x" + forged.hex(), "does not verify"),
+        ("0x" + other_chain.encode().hex(), "does not verify for this chain"),
+        ("0x" + stranger.encode().hex(), "not a registered client"),
+        ("nothex", "0x-prefixed hex"),
+    ]
+    for raw, reason in cases:
+        reply = call(node, "author_submitExtrinsic", raw)
+        assert "error" in reply, raw[:20]
+        assert reason in reply["error"]["message"], reply
+    assert call(node, "author_submitExtrinsic", "0x" + future.encode().hex())["result"]
+    assert call(node, "author_submitExtrinsic", "0x" + good.encode().hex())["result"]
+    dup = call(node, "author_submitExtrinsic", "0x" + good.encode().hex())
+    assert dup["error"]["code"] == 1011  # pool: already known (or already included: stale)
+    assert call(node, "system_health")["result"]["isSyncing"] is False
+    parse = rpc(node, b"{not json")
+    assert parse["error"]["code"] == -32700  # type: ignore[index]
+    assert call(node, "no_such_method")["error"]["code"] == -32601
