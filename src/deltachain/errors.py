@@ -160,5 +160,16 @@ class ForeignDatabase(StorageError):
     """The database belongs to another chain (different genesis hash)."""
 
 
+# --- network --------------------------------------------------------------------------------
+
+
+class NetworkError(DeltachainError):
+    """A peer could not be reached or answered badly; callers may retry or ask another peer."""
+
+
+class RequestTooLarge(NetworkError):
+    """A request or response frame over its protocol's size cap."""
+
+
 class NotFound(DeltachainError):
     """A block, transaction or state entry that the node does not have."""
