@@ -201,7 +201,7 @@ def test_justification_verification_and_encoding() -> None:
         (dataclasses.replace(good, set_id=1), "authority set 1"),
     ]:
         with pytest.raises(InvalidVote, match=message):
-            verify_justification(bad, SET, 0 if bad.set_id == 0 else 0, GENESIS)
+            verify_justification(bad, SET, 0, GENESIS)
     with pytest.raises(InvalidVote, match="non-authority"):
         verify_justification(good, SET[1:], 0, GENESIS)
     with pytest.raises(InvalidVote, match="does not verify"):
