@@ -40,29 +40,40 @@ def address_to_str(address: Address) -> str:
     return "0x" + address.hex()
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def parse_address(text: str) -> Address:
-    """Parse ``0x`` + 64 hex digits; raises InvalidKey with what was wrong."""
+    """Parse ``0x`` + 64 hex digits (the ``0x`` may be left out); raises InvalidKey with what was
+    wrong. Nothing else is accepted (no spaces, no other types), so an address has one spelling
+    up to the case of its digits."""
+    if not isinstance(text, str):
+        raise InvalidKey(f"an address is a string, not {type(text).__name__}")
     body = text[2:] if text.startswith(("0x", "0X")) else text
-    try:
-        raw = bytes.fromhex(body)
-    except ValueError:
-        raise InvalidKey(f"address {text!r} is not hex; expected 0x followed by 64 hex digits") from None
-    return PublicKey.from_bytes(raw).address
+    if not set(body) <= _HEX_DIGITS:
+        raise InvalidKey(f"address {text!r} is not hex; expected 0x followed by 64 hex digits")
+    if len(body) != 2 * PUBLIC_KEY_LEN:
+        raise InvalidKey(f"address {text!r} has {len(body)} hex digits; expected 64")
+    return PublicKey.from_bytes(bytes.fromhex(body)).address
 
 
 @dataclass(frozen=True)
 class PublicKey:
     raw: bytes
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.raw, bytes) or len(self.raw) != PUBLIC_KEY_LEN:
+            raise InvalidKey(f"an ed25519 public key is {PUBLIC_KEY_LEN} bytes")
+
     @classmethod
     def from_bytes(cls, raw: bytes) -> PublicKey:
-        if not isinstance(raw, bytes) or len(raw) != PUBLIC_KEY_LEN:
-            raise InvalidKey(f"an ed25519 public key is {PUBLIC_KEY_LEN} bytes")
+        """Raises InvalidKey unless ``raw`` is 32 bytes."""
+        key = cls(raw)
         try:
             nacl.signing.VerifyKey(raw)
         except (nacl.exceptions.CryptoError, ValueError, TypeError):
             raise InvalidKey("not a valid ed25519 public key") from None
-        return cls(raw)
+        return key
 
     @property
     def address(self) -> Address:
@@ -79,8 +90,11 @@ class PublicKey:
 
 
 def verify(address: Address, message: bytes, signature: bytes) -> None:
-    """Verify a signature by the key whose address is given; raises InvalidKey or BadSignature."""
-    PublicKey.from_bytes(bytes(address)).verify(message, signature)
+    """Verify a signature by the key whose address is given; raises InvalidKey or BadSignature.
+
+    ``address`` must be 32 bytes; it is not coerced (``bytes(32)`` would be the all-zero key).
+    """
+    PublicKey.from_bytes(address).verify(message, signature)
 
 
 class Keypair:
@@ -100,7 +114,10 @@ class Keypair:
 
     @classmethod
     def dev(cls, name: str) -> Keypair:
-        """Well-known development keys (``//alice`` style): public, so never use them on a real chain."""
+        """Well-known development keys (``//alice`` style): public, never use them on a real chain.
+
+        The name is case-insensitive: ``dev("Alice") == dev("alice")``.
+        """
         return cls(hashlib.sha256(b"deltachain/dev-key/" + name.lower().encode()).digest())
 
     @property
