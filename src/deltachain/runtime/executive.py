@@ -28,6 +28,7 @@ from deltachain.primitives.chainspec import ChainSpec
 from deltachain.primitives.transaction import SignedTransaction
 from deltachain.primitives.types import Hash32, Signature
 from deltachain.runtime import system
+from deltachain.runtime.authority import AuthorityModule
 from deltachain.runtime.module import BlockEnv, Event, Module
 from deltachain.runtime.state import State, StateDiff, StateStore
 
@@ -37,7 +38,7 @@ class Runtime:
 
     def __init__(self, modules: Sequence[Module]) -> None:
         self.modules: dict[str, Module] = {}
-        for module in (system.SystemModule(), *modules):
+        for module in (system.SystemModule(), AuthorityModule(), *modules):
             if module.name in self.modules:
                 raise ValueError(f"duplicate runtime module {module.name!r}")
             self.modules[module.name] = module
@@ -66,6 +67,7 @@ def build_genesis(runtime: Runtime, spec: ChainSpec, store: StateStore) -> Genes
         raise ChainSpecError(f"chain spec: no runtime module named {sorted(unknown)[0]!r}")
     state = State(store)
     state.set(system.KEY_AUTHORITIES, codec.encode(list(spec.authorities)))
+    state.set(system.KEY_SET_ID, codec.encode(0))
     # Chain id and slot length live in state so the genesis hash (hence every signature) commits
     # to them: two chains that differ only in configuration never accept each other's transactions.
     state.set(system.KEY_CHAIN, codec.encode({"id": spec.id, "slotMs": spec.slot_ms}))

@@ -6,6 +6,7 @@ the plain functions here, e.g. ``is_client``, rather than through the dispatcher
 State layout (raw keys; the trie hashes them):
   ``system/admin``             → admin address
   ``system/authorities``       → CBOR array of authority addresses (the current set)
+  ``system/set_id``            → CBOR uint, bumped each time the authority set changes
   ``system/chain``             → CBOR map {"id": chain id, "slotMs": slot length}
   ``system/nonce/<address>``   → CBOR uint, the next nonce the account must use
   ``system/client/<address>``  → CBOR map {"since": block number}
@@ -35,6 +36,7 @@ from deltachain.runtime.state import State
 KEY_ADMIN = b"system/admin"
 KEY_AUTHORITIES = b"system/authorities"
 KEY_CHAIN = b"system/chain"
+KEY_SET_ID = b"system/set_id"
 PREFIX_NONCE = b"system/nonce/"
 PREFIX_CLIENT = b"system/client/"
 MAX_REMARK = 1024
@@ -59,6 +61,17 @@ def get_admin(state: State) -> Address:
 def get_authorities(state: State) -> tuple[Address, ...]:
     raw = state.get(KEY_AUTHORITIES)
     return () if raw is None else tuple(Address(a) for a in codec.decode(raw))
+
+
+def get_set_id(state: State) -> int:
+    raw = state.get(KEY_SET_ID)
+    return 0 if raw is None else int(codec.decode(raw))
+
+
+def set_authorities(state: State, authorities: list[Address]) -> None:
+    """Enact a new authority set (at a block boundary: called from on_finalize)."""
+    state.set(KEY_AUTHORITIES, codec.encode(list(authorities)))
+    state.set(KEY_SET_ID, codec.encode(get_set_id(state) + 1))
 
 
 def is_client(state: State, who: Address) -> bool:
