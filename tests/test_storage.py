@@ -87,14 +87,17 @@ def test_author_then_reopen_gives_same_head(tmp_path: Path) -> None:
     best = c.storage.best_header()
     assert best.number == 5
     assert best.hash == blocks[-1].hash
-    assert c.storage.finalized_hash() == best.hash  # a lone authority finalizes its own blocks
+    # A lone authority's votes finalize each block when its child is voted for (FFG: a
+    # justified block is final once a link reaches its direct child).
+    assert c.storage.finalized_hash() == blocks[-2].hash
+    assert c.storage.justification(blocks[-2].hash)
     c.close()
 
     again = open_chain(base)
     try:
         assert again.genesis_hash == genesis
         assert again.storage.best_hash() == best.hash
-        assert again.storage.finalized_hash() == best.hash
+        assert again.storage.finalized_hash() == blocks[-2].hash
         canon = list(again.storage.canonical_hashes())
         assert [n for n, _ in canon] == list(range(6))
         for (_, parent), (_, child) in itertools.pairwise(canon):
@@ -112,12 +115,12 @@ def test_import_blocks_authored_elsewhere(tmp_path: Path, chain: Chain) -> None:
     try:
         for block in blocks:
             result = follower.import_block(block, now_slot=None)
+            assert result is not None
             assert result.output.diff.root == block.header.state_root
         assert follower.storage.best_hash() == chain.storage.best_hash()
         tx = blocks[1].transactions[0]
         assert follower.transaction_status(tx.hash)["block"] == 2
-        with pytest.raises(InvalidBlock, match="already imported"):
-            follower.import_block(blocks[-1], now_slot=None)
+        assert follower.import_block(blocks[-1], now_slot=None) is None  # already imported
     finally:
         follower.close()
 
@@ -303,8 +306,8 @@ def test_pruning_drops_old_states_only(tmp_path: Path) -> None:
         author(c, BLOCKS, remarks=True)
         storage = c.storage
         finalized = storage.finalized_header().number
-        assert finalized == BLOCKS
-        assert BLOCKS % PRUNE_EVERY == 0
+        assert finalized == BLOCKS - 1
+        storage.prune()  # pruning also runs as finality advances; make this point exact
         roots = {storage.header(h).state_root for _, h in storage.canonical_hashes()}
         assert len(roots) == BLOCKS + 1  # every block changed the state
         keep_from = finalized - PRUNE_DEPTH

@@ -1,1 +1,1 @@
-"""Keys, signatures, hashing and Merkle commitments: the bottom layer, importing nothing above it."""
+"""Keys, signatures, hashing and Merkle commitments: the bottom layer; imports nothing above."""

@@ -3,23 +3,36 @@
 Block import reads the authority set from the parent's state, checks the header (Aura), executes
 the body on a working copy of the parent state, and persists block + state in one database
 transaction. Authoring uses the same path, so a node never stores a block it could not import.
+Every block above the finalized one is kept; fork choice picks the head, and the finality
+gadget's justifications and finalizations are applied here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deltachain import codec
 from deltachain.consensus.aura import author_of, seal_header, verify_header
-from deltachain.crypto.keys import Keypair
+from deltachain.consensus.finality import (
+    FinalityGadget,
+    FinalityOutcome,
+    Justification,
+    Vote,
+    VoteRecord,
+    sign_vote,
+    verify_justification,
+)
+from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.crypto.trie import TrieProof, trie_prove
-from deltachain.errors import AlreadyKnown, DecodeError, InvalidBlock, NotFound
+from deltachain.errors import AlreadyKnown, DecodeError, DeltachainError, InvalidBlock, NotFound
 from deltachain.node.storage import Storage
 from deltachain.node.txpool import PoolLimits, TxPool
-from deltachain.primitives.block import MAX_BLOCK_TXS, Block
+from deltachain.primitives.block import MAX_BLOCK_TXS, Block, Header
 from deltachain.primitives.chainspec import ChainSpec
 from deltachain.primitives.transaction import MAX_TX_SIZE, SignedTransaction
 from deltachain.primitives.types import Address, BlockNumber, Hash32, Slot
@@ -41,11 +54,15 @@ log = logging.getLogger("deltachain.chain")
 PRUNE_EVERY = 64
 
 
-@dataclass(frozen=True)
+@dataclass
 class ImportResult:
     block: Block
     output: BlockOutput
     seconds: float
+    justified: list[Hash32] = field(default_factory=list)
+    finalized: Justification | None = None
+    evidence: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    vote: Vote | None = None
 
 
 def events_blob(output: BlockOutput) -> bytes:
@@ -73,6 +90,15 @@ class Chain:
             base_path, Block(genesis.header, ()), genesis.diff, spec.id, archive=archive
         )
         self.pool = TxPool(pool_limits)
+        self._seals: dict[tuple[Slot, Address], Header] = {}
+        self.evidence: list[tuple[str, bytes, bytes]] = []
+        self.last_finalized_at = time.monotonic()
+        set_id, authorities = self._finality_set()
+        self.gadget = FinalityGadget(
+            self.genesis_hash, set_id, authorities, self.storage.finalized_header()
+        )
+        raw = self.storage.meta_value("vote_record")
+        self.vote_record = VoteRecord(*codec.decode(raw)) if raw else VoteRecord()
 
     def close(self) -> None:
         self.storage.close()
@@ -101,35 +127,193 @@ class Chain:
 
     # --- import ----------------------------------------------------------------------------
 
-    def import_block(self, block: Block, *, now_slot: Slot | None) -> ImportResult:
-        """Verify, execute and persist a block that extends the best chain.
+    def import_block(self, block: Block, *, now_slot: Slot | None) -> ImportResult | None:
+        """Verify, execute and persist a block on any branch above the finalized block.
 
-        Raises InvalidBlock (bad header, seal, body or state root), NotFound (unknown parent).
+        Returns None for a block already imported. The head then follows fork choice.
+        Raises InvalidBlock (bad header, seal, body or state root, or a branch that conflicts
+        with finality), NotFound (unknown parent: the caller should sync).
         """
         started = time.perf_counter()
         if self.storage.has_block(block.hash):
-            raise InvalidBlock(f"block #{block.number} is already imported")
+            return None
         parent = self.storage.header(block.header.parent_hash)
-        if parent.hash != self.storage.best_hash():
+        finalized = self.storage.finalized_header()
+        if block.number <= finalized.number or not self.storage.is_ancestor(
+            finalized.hash, parent.hash
+        ):
             raise InvalidBlock(
-                "block does not extend the best chain (fork choice arrives with "
-                "multi-validator consensus)"
+                f"block #{block.number} is on a branch that conflicts with finalized "
+                f"block #{finalized.number}"
             )
         authorities = self.authorities_at(parent.hash)
         verify_header(block.header, parent, authorities, self.genesis_hash, now_slot=now_slot)
         output = apply_block(self.runtime, self.state_at(parent.hash), block, self.genesis_hash)
-        self._persist(block, output, authorities)
-        return ImportResult(block, output, time.perf_counter() - started)
+        result = ImportResult(block, output, 0.0)
+        self._persist(block, output, result)
+        return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
-    def _persist(self, block: Block, output: BlockOutput, authorities: tuple[Address, ...]) -> None:
-        # A lone authority is the whole set: its own seal is > 2/3 of the votes, so it finalizes.
-        finalized = block.hash if len(authorities) == 1 else None
-        self.storage.import_block(block, output.diff, events_blob(output), finalized=finalized)
-        self.pool.remove(tx.hash for tx in block.transactions)
-        state = State(self.storage, output.diff.root)
+    def _persist(self, block: Block, output: BlockOutput, result: ImportResult) -> None:
+        self._note_seal(block.header, result)
+        make_best = self._preferred(block.header, self.storage.best_header())
+        retracted, _ = self.storage.import_block(
+            block, output.diff, events_blob(output), make_best=make_best
+        )
+        self._after_head_change(retracted)
+        self._settle_finality(self.gadget.recheck(self.storage), result)
+
+    def _after_head_change(self, retracted: list[Hash32]) -> None:
+        """Keep the pool in step with the head: included transactions leave with their nonces
+        (``on_new_state``); those of a reorged-out branch come back if still valid."""
+        best = self.storage.best_hash()
+        state = self.state_at(best)
+        for block_hash in retracted:
+            for tx in self.storage.block(block_hash).transactions:
+                with contextlib.suppress(DeltachainError):
+                    check_transaction(self.runtime, state, tx, self.genesis_hash, allow_future=True)
+                    self.pool.add(tx, len(tx.encode()), system.get_nonce(state, tx.sender))
         self.pool.on_new_state(lambda who: system.get_nonce(state, who))
-        if block.number % PRUNE_EVERY == 0:
-            self.storage.prune()
+
+    # --- fork choice -----------------------------------------------------------------------
+
+    def _score(self, header: Header) -> tuple[int, int, bytes]:
+        """Longest chain containing the finalized block; first the chain with the highest
+        justified block, then the longest, then the lower hash (bytes inverted to sort high)."""
+        justified = max(
+            (
+                n
+                for h, n in self.gadget.justified.items()
+                # the candidate may not be stored yet: ask about its parent
+                if h == header.hash or self.storage.is_ancestor(h, header.parent_hash)
+            ),
+            default=0,
+        )
+        return justified, header.number, bytes(255 - b for b in header.hash)
+
+    def _preferred(self, candidate: Header, current: Header) -> bool:
+        return self._score(candidate) > self._score(current)
+
+    def choose_head(self) -> bool:
+        """Re-run fork choice over all leaves (after finality or justification changes)."""
+        finalized = self.storage.finalized_header()
+        leaves = [
+            h
+            for h in self.storage.leaves(finalized.number)
+            if self.storage.is_ancestor(finalized.hash, h.hash)
+        ]
+        best = self.storage.best_header()
+        top = max([best, *leaves], key=self._score)
+        if top.hash == best.hash:
+            return False
+        retracted, _ = self.storage.set_best(top.hash)
+        log.info(
+            "reorg: head #%d 0x%s… → #%d 0x%s…",
+            best.number,
+            best.hash.hex()[:12],
+            top.number,
+            top.hash.hex()[:12],
+        )
+        self._after_head_change(retracted)
+        return True
+
+    # --- equivocation ----------------------------------------------------------------------
+
+    def _note_seal(self, header: Header, result: ImportResult) -> None:
+        key = (header.slot, header.author)
+        seen = self._seals.get(key)
+        if seen is None:
+            self._seals[key] = header
+            while len(self._seals) > 4096:
+                self._seals.pop(next(iter(self._seals)))
+        elif seen.hash != header.hash:
+            log.warning(
+                "author %s sealed two blocks for slot %d",
+                address_to_str(header.author),
+                header.slot,
+            )
+            result.evidence.append(("seal", seen.encode(), header.encode()))
+
+    # --- finality --------------------------------------------------------------------------
+
+    def _finality_set(self) -> tuple[int, tuple[Address, ...]]:
+        """The voting set: the one in force at the last finalized block."""
+        state = self.state_at(self.storage.finalized_hash())
+        return system.get_set_id(state), system.get_authorities(state)
+
+    def add_vote(self, vote: Vote) -> FinalityOutcome:
+        """Count a gossiped vote. Raises InvalidVote for votes that do not verify."""
+        outcome = self.gadget.add_vote(vote, self.storage)
+        self._settle_finality(outcome, None)
+        return outcome
+
+    def add_justification(self, justification: Justification) -> bool:
+        """Accept a peer's proof of finality for a block we have; True if it advanced ours."""
+        finalized = self.storage.finalized_header()
+        if justification.source.number <= finalized.number:
+            return False
+        if not self.storage.has_block(justification.source.hash):
+            return False
+        verify_justification(
+            justification, self.gadget.authorities, self.gadget.set_id, self.genesis_hash
+        )
+        self._finalize(justification)
+        return True
+
+    def _settle_finality(self, outcome: FinalityOutcome, result: ImportResult | None) -> None:
+        if result is not None:
+            result.justified.extend(outcome.justified)
+        for first, second, why in outcome.evidence:
+            log.warning("authority %s broke a voting rule (%s)", address_to_str(first.voter), why)
+            self.evidence.append(("vote", first.encode(), second.encode()))
+        if outcome.justified:
+            self.choose_head()
+        if outcome.finalized is not None:
+            self._finalize(outcome.finalized)
+            if result is not None:
+                result.finalized = outcome.finalized
+
+    def _finalize(self, justification: Justification) -> None:
+        block_hash = justification.source.hash
+        if not self.storage.is_ancestor(block_hash, self.storage.best_hash()):
+            self.choose_head()  # finality overrides the longest chain
+            if not self.storage.is_ancestor(block_hash, self.storage.best_hash()):
+                self.storage.set_best(block_hash)
+        previous = self.storage.finalized_header().number
+        self.storage.finalize(block_hash, justification.encode())
+        self.last_finalized_at = time.monotonic()
+        if justification.source.number // PRUNE_EVERY > previous // PRUNE_EVERY:
+            self.storage.prune()  # states behind finality − PRUNE_DEPTH can go
+        set_id, authorities = self._finality_set()
+        if set_id != self.gadget.set_id:
+            log.info(
+                "authority set %d takes over finality (%d authorities)", set_id, len(authorities)
+            )
+            self.gadget.reset(set_id, authorities, self.storage.finalized_header())
+        else:
+            self.gadget.finalized = self.storage.finalized_header()
+
+    def vote(self, keypair: Keypair) -> Vote | None:
+        """Sign this node's vote for the current head, if the rules allow one.
+
+        The vote record is written (fsync) *before* the vote is returned for sending, so a
+        restarted validator can never sign a conflicting vote.
+        """
+        if keypair.address not in self.gadget.authorities:
+            return None
+        link = self.gadget.proposal(self.storage.best_header(), self.storage, self.vote_record)
+        if link is None:
+            return None
+        self.vote_record = VoteRecord(link.set_id, link.source.number, link.target.number)
+        self.storage.put_meta_value(
+            "vote_record", codec.encode([link.set_id, link.source.number, link.target.number])
+        )
+        vote = sign_vote(keypair, link, self.genesis_hash)
+        self.add_vote(vote)
+        return vote
+
+    def take_evidence(self) -> list[tuple[str, bytes, bytes]]:
+        found, self.evidence = self.evidence, []
+        return found
 
     # --- authoring -------------------------------------------------------------------------
 
@@ -151,8 +335,10 @@ class Chain:
         self.pool.remove(tx.hash for tx, _ in built.rejected)
         header = seal_header(built.header, keypair, self.genesis_hash)
         block = Block(header, built.transactions)
-        self._persist(block, built.output, authorities)
-        return ImportResult(block, built.output, time.perf_counter() - started)
+        result = ImportResult(block, built.output, 0.0)
+        self._persist(block, built.output, result)
+        result.vote = self.vote(keypair)  # an author always votes for what it just built
+        return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
     # --- transactions ----------------------------------------------------------------------
 

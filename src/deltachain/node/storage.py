@@ -40,6 +40,7 @@ CREATE TABLE blocks (
     state_root BLOB NOT NULL, data BLOB NOT NULL, events BLOB NOT NULL
 );
 CREATE INDEX blocks_number ON blocks(number);
+CREATE INDEX blocks_parent ON blocks(parent);
 CREATE TABLE canon (number INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE txs (hash BLOB PRIMARY KEY, block BLOB NOT NULL, idx INTEGER NOT NULL);
 CREATE TABLE nodes (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
@@ -317,15 +318,39 @@ class Storage:
             ),
         )
 
-    def _set_canonical(self, block: Block) -> None:
+    def _set_canonical(self, block: Block) -> tuple[list[Hash32], list[Hash32]]:
+        """Make ``block`` the head: rewrite the canonical index from where its branch meets it.
+
+        Returns (retracted, enacted) block hashes, oldest first, so the pool can take back the
+        transactions of a reorged-out branch.
+        """
         c = self._conn
-        c.execute("DELETE FROM canon WHERE number >= ?", (block.number,))
-        c.execute("INSERT INTO canon(number, hash) VALUES (?, ?)", (block.number, block.hash))
-        c.executemany(
-            "INSERT OR REPLACE INTO txs(hash, block, idx) VALUES (?, ?, ?)",
-            ((tx.hash, block.hash, i) for i, tx in enumerate(block.transactions)),
-        )
+        enacted: list[Block] = [block]
+        while enacted[-1].number > 0:
+            parent_hash = enacted[-1].header.parent_hash
+            row = c.execute(
+                "SELECT hash FROM canon WHERE number=?", (enacted[-1].number - 1,)
+            ).fetchone()
+            if row is not None and bytes(row[0]) == parent_hash:
+                break
+            enacted.append(self.block(parent_hash))
+        enacted.reverse()
+        fork = enacted[0].number
+        retracted = [
+            Hash32(bytes(r[0]))
+            for r in c.execute("SELECT hash FROM canon WHERE number >= ? ORDER BY number", (fork,))
+        ]
+        for old in retracted:
+            c.execute("DELETE FROM txs WHERE block=?", (old,))
+        c.execute("DELETE FROM canon WHERE number >= ?", (fork,))
+        for item in enacted:
+            c.execute("INSERT INTO canon(number, hash) VALUES (?, ?)", (item.number, item.hash))
+            c.executemany(
+                "INSERT OR REPLACE INTO txs(hash, block, idx) VALUES (?, ?, ?)",
+                ((tx.hash, item.hash, i) for i, tx in enumerate(item.transactions)),
+            )
         self._put_meta("best", block.hash)
+        return retracted, [b.hash for b in enacted]
 
     # --- state store protocol --------------------------------------------------------------
 
@@ -350,17 +375,100 @@ class Storage:
         events: bytes,
         *,
         make_best: bool = True,
-        finalized: Hash32 | None = None,
-    ) -> None:
-        """Persist a block and its state atomically; with make_best it becomes the head."""
+    ) -> tuple[list[Hash32], list[Hash32]]:
+        """Persist a block and its state atomically; with make_best it becomes the head.
+
+        Returns (retracted, enacted) canonical blocks when the head moved, else ([], []).
+        """
         with self._write():
             self._insert_block(block, diff, events)
             if make_best:
-                self._set_canonical(block)
-            if finalized is not None:
-                self._put_meta("finalized", finalized)
+                return self._set_canonical(block)
+        return [], []
 
-    @property
+    def set_best(self, block_hash: Hash32) -> tuple[list[Hash32], list[Hash32]]:
+        """Switch the head to an already imported block (a reorg); see ``_set_canonical``."""
+        block = self.block(block_hash)
+        with self._write():
+            return self._set_canonical(block)
+
+    def finalize(self, block_hash: Hash32, justification: bytes) -> None:
+        """Record finality of a canonical block with its proof (fsynced before returning)."""
+        header = self.header(block_hash)
+        if self.canonical_hash(header.number) != block_hash:
+            raise NotFound(f"block #{header.number} to finalize is not canonical")
+        with self._write():
+            self._put_meta("finalized", block_hash)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO justifications(hash, data) VALUES (?, ?)",
+                (block_hash, justification),
+            )
+
+    def justification(self, block_hash: Hash32) -> bytes:
+        row = self._conn.execute(
+            "SELECT data FROM justifications WHERE hash=?", (block_hash,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no justification stored for 0x{block_hash.hex()}")
+        return bytes(row[0])
+
+    def latest_justification(self, at_or_below: int | None = None) -> bytes:
+        """The proof for the newest finalized canonical block (at or below a height)."""
+        limit = self.finalized_header().number if at_or_below is None else at_or_below
+        row = self._conn.execute(
+            "SELECT j.data FROM justifications j JOIN blocks b ON b.hash = j.hash "
+            "JOIN canon c ON c.hash = j.hash WHERE b.number <= ? ORDER BY b.number DESC LIMIT 1",
+            (limit,),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no justification stored yet (nothing finalized beyond genesis)")
+        return bytes(row[0])
+
+    def meta_value(self, key: str) -> bytes | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_meta_value(self, key: str, value: bytes) -> None:
+        """Durable small records (e.g. the last vote signed): fsynced before returning."""
+        with self._write():
+            self._put_meta(key, value)
+
+    def leaves(self, above: int) -> list[Header]:
+        """Blocks above height ``above`` that have no child: the candidate heads."""
+        rows = self._conn.execute(
+            "SELECT b.data FROM blocks b WHERE b.number > ? AND NOT EXISTS "
+            "(SELECT 1 FROM blocks c WHERE c.parent = b.hash)",
+            (above,),
+        ).fetchall()
+        return [Block.decode(bytes(r[0])).header for r in rows]
+
+    def header_or_none(self, block_hash: Hash32) -> Header | None:
+        try:
+            return self.header(block_hash)
+        except NotFound:
+            return None
+
+    def is_ancestor(self, ancestor: Hash32, descendant: Hash32) -> bool:
+        """True if ``ancestor`` is ``descendant`` or on its parent chain (walks parents)."""
+        target = self.header_or_none(ancestor)
+        node = self.header_or_none(descendant)
+        if target is None or node is None:
+            return False
+        canonical = self._conn.execute(
+            "SELECT 1 FROM canon WHERE number=? AND hash=?", (node.number, node.hash)
+        ).fetchone()
+        if canonical is not None:  # both on the canonical chain: compare heights
+            row = self._conn.execute(
+                "SELECT hash FROM canon WHERE number=?", (target.number,)
+            ).fetchone()
+            return row is not None and bytes(row[0]) == ancestor
+        while node.number > target.number:
+            parent = self.header_or_none(node.parent_hash)
+            if parent is None:
+                return False
+            node = parent
+        return node.hash == ancestor
+
     def genesis_hash(self) -> Hash32:
         return Hash32(self._meta("genesis_hash"))
 
@@ -471,6 +579,11 @@ class Storage:
         live_nodes, live_values = self._mark(roots)
         with self._write():
             c = self._conn
+            # Forks that lost to finality can never become canonical again.
+            c.execute(
+                "DELETE FROM blocks WHERE number <= ? AND hash NOT IN (SELECT hash FROM canon)",
+                (finalized.number,),
+            )
             deleted = 0
             for table, live in (("nodes", live_nodes), ("vals", live_values)):
                 c.execute(

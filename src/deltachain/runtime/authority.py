@@ -166,10 +166,11 @@ class AuthorityModule(Module):
                 raise InvalidCall("no such authority-set proposal (it may have been enacted)")
             if sender in codec.decode(raw)["approvals"]:
                 raise InvalidCall("this authority already approved the proposal")
-        elif isinstance(call, ReportEquivocation):
-            # Signatures need the genesis hash, so they are checked in apply_call.
-            if state.get(PREFIX_EVIDENCE + evidence_id(call)) is not None:
-                raise InvalidCall("this equivocation is already recorded")
+        elif (
+            isinstance(call, ReportEquivocation)
+            and state.get(PREFIX_EVIDENCE + evidence_id(call)) is not None
+        ):  # signatures need the genesis hash, so apply_call checks them
+            raise InvalidCall("this equivocation is already recorded")
 
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
