@@ -311,6 +311,10 @@ class Chain:
         self.add_vote(vote)
         return vote
 
+    def pool_nonce(self, who: Address) -> int:
+        """The next nonce for ``who`` counting its transactions already waiting in the pool."""
+        return self.pool.next_nonce(who, system.get_nonce(self.best_state(), who))
+
     def take_evidence(self) -> list[tuple[str, bytes, bytes]]:
         found, self.evidence = self.evidence, []
         return found

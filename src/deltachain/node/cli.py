@@ -120,6 +120,35 @@ def resolve_spec(args: argparse.Namespace) -> ChainSpec:
     raise DeltachainError("no chain given: pass --dev or --chain genesis.json")
 
 
+def node_key_seed(path: Path) -> bytes:
+    """The p2p identity: a plain key file, created on first start so the peer id is stable."""
+    if not path.exists():
+        write_key_file(path, plain_key(Keypair.generate()))
+    return read_key_file(path, None).seed
+
+
+def network_config(args: argparse.Namespace, spec: ChainSpec, base_path: Path) -> Any:
+    """None (no networking) for a lone authority with no peers configured, e.g. ``--dev``."""
+    from deltachain.node.network import NetworkConfig
+
+    bootnodes = tuple(args.bootnodes or ()) + tuple(spec.boot_nodes)
+    if args.dev or (len(spec.authorities) == 1 and not bootnodes and args.port is None):
+        return None
+    seed = node_key_seed(Path(args.node_key) if args.node_key else base_path / "node-key.json")
+    reserved = tuple(b.rsplit("/p2p/", 1)[1] for b in bootnodes if "/p2p/" in b)
+    try:
+        return NetworkConfig(
+            node_key_seed=seed,
+            listen_host=args.listen_host,
+            listen_port=30333 if args.port is None else args.port,
+            bootnodes=tuple(dict.fromkeys(bootnodes)),
+            reserved_only=args.reserved_only,
+            reserved_peers=reserved,
+        )
+    except ValueError as exc:
+        raise DeltachainError(f"bad network option: {exc}") from None
+
+
 def cmd_node(args: argparse.Namespace) -> int:
     from deltachain.node.service import NodeConfig, run_node
 
@@ -140,6 +169,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         rpc_host=args.rpc_host,
         rpc_port=args.rpc_port,
         archive=args.archive,
+        network=network_config(args, spec, base_path),
     )
     asyncio.run(run_node(config))
     return 0
@@ -406,6 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--rpc-host", default="127.0.0.1")
     node.add_argument("--rpc-port", type=int, default=9944)
     node.add_argument("--archive", action="store_true", help="keep every state (no pruning)")
+    node.add_argument("--port", type=int, help="p2p port (default 30333; 0 = any free port)")
+    node.add_argument("--listen-host", default="127.0.0.1", help="p2p listen address")
+    node.add_argument("--bootnodes", nargs="*", help="peer multiaddrs /ip4/…/tcp/…/p2p/<id>")
+    node.add_argument(
+        "--reserved-only",
+        action="store_true",
+        help="talk only to the bootnodes (the permissioned validator set)",
+    )
+    node.add_argument("--node-key", help="p2p identity key file (default BASE/node-key.json)")
     node.set_defaults(func=cmd_node)
 
     key = sub.add_parser("key", help="generate and inspect keys").add_subparsers(

@@ -109,9 +109,17 @@ Handler = Callable[[list[Any]], Any]
 class RpcServer:
     """Method table over a Chain; a subclass or later module may register more methods."""
 
-    def __init__(self, chain: Chain, run: ChainRunner, *, node_name: str = "deltachain") -> None:
+    def __init__(
+        self,
+        chain: Chain,
+        run: ChainRunner,
+        *,
+        node_name: str = "deltachain",
+        peers: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.chain = chain
         self.run = run
+        self.peer_count = peers
         self.node_name = node_name
         self.methods: dict[str, Handler] = {
             "rpc_methods": self._rpc_methods,
@@ -120,6 +128,7 @@ class RpcServer:
             "system_chain": self._const(chain.spec.name),
             "system_chainType": self._const(chain.spec.chain_type),
             "system_health": self._health,
+            "system_syncState": self._sync_state,
             "system_accountNextIndex": self._account_next_index,
             "chain_getBlockHash": self._get_block_hash,
             "chain_getHeader": self._get_header,
@@ -151,9 +160,18 @@ class RpcServer:
 
     def _health(self, params: list[Any]) -> Any:
         return {
-            "peers": 0,
+            "peers": self.peer_count(),
             "isSyncing": False,
             "shouldHavePeers": len(self.chain.spec.authorities) > 1,
+        }
+
+    def _sync_state(self, params: list[Any]) -> Any:
+        best = self.chain.storage.best_header()
+        return {
+            "startingBlock": 0,
+            "currentBlock": best.number,
+            "highestBlock": best.number,
+            "finalizedBlock": self.chain.storage.finalized_header().number,
         }
 
     def _block_hash_param(self, params: list[Any]) -> Hash32:

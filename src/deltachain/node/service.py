@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -20,15 +21,40 @@ from typing import Any
 
 from aiohttp import web
 
+from deltachain import codec
 from deltachain.chain import construct_runtime
 from deltachain.consensus.aura import slot_at
+from deltachain.consensus.finality import Justification, Vote
 from deltachain.crypto.keys import Keypair, address_to_str
-from deltachain.errors import DeltachainError
+from deltachain.errors import DecodeError, DeltachainError, NetworkError, NotFound
 from deltachain.node.chain import Chain, ImportResult
+from deltachain.node.network import Network, NetworkConfig
 from deltachain.node.rpc import ChainRunner, RpcServer
+from deltachain.node.sync import (
+    GOSSIP_BLOCK_LIMIT,
+    MAX_BLOCKS_PER_RESPONSE,
+    PeerStatus,
+    decode_list,
+    request_block,
+    request_blocks,
+    request_justification,
+    request_status,
+    serve,
+    sync_protocol,
+    topics,
+)
+from deltachain.primitives.block import MAX_BLOCK_SIZE, Block, Header
 from deltachain.primitives.chainspec import ChainSpec
+from deltachain.primitives.transaction import sign_transaction
+from deltachain.primitives.types import Hash32
 
 log = logging.getLogger("deltachain.node")
+
+
+SYNC_INTERVAL_S = 1.0
+STARTUP_SYNC_WAIT_S = 3.0
+"""A validator with no reachable peer authors alone after this long (a fresh network)."""
+FORK_OVERLAP = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +66,8 @@ class NodeConfig:
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 9944
     archive: bool = False
+    network: NetworkConfig | None = None
+    """None runs without peers (the dev chain)."""
 
 
 def now_ms() -> int:
@@ -97,7 +125,11 @@ def chain_runner(executor: ThreadPoolExecutor) -> ChainRunner:
 async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
     run = chain_runner(executor)
-    runner = web.AppRunner(RpcServer(chain, run, node_name=config.name).app(), access_log=None)
+    service = NodeService(chain, config, run, stop)
+    runner = web.AppRunner(
+        RpcServer(chain, run, node_name=config.name, peers=service.peer_count).app(),
+        access_log=None,
+    )
     try:
         await runner.setup()
         try:
@@ -121,23 +153,292 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
             log.info("authoring as %s", address_to_str(config.key.address))
         warm = await run(chain.warm_up)
         log.info("aggregation kernels ready in %.2f s", warm)
-        await _slot_loop(chain, config, stop, run)
+        await service.run()
     finally:
         await runner.cleanup()
         executor.shutdown(wait=True)
 
 
-async def _slot_loop(
-    chain: Chain, config: NodeConfig, stop: asyncio.Event, run: ChainRunner
-) -> None:
-    slot_ms = config.spec.slot_ms
-    while not stop.is_set():
-        slot = slot_at(now_ms(), slot_ms)
-        if config.key is not None:
-            result = await run(chain.author_block, slot, config.key)
-            if result is not None:
-                finalized = await run(lambda: chain.storage.finalized_header().number)
-                log_block(result, finalized, "authored")
-        wait_s = ((slot + 1) * slot_ms - now_ms()) / 1000
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=max(wait_s, 0.001))
+class NodeService:
+    """Slots, gossip, sync and votes around one Chain. Owns its tasks; stops them all."""
+
+    def __init__(
+        self, chain: Chain, config: NodeConfig, run: ChainRunner, stop: asyncio.Event
+    ) -> None:
+        self.chain = chain
+        self.config = config
+        self.on_chain = run
+        self.stop = stop
+        self.topics = topics(chain.genesis_hash)
+        self.network: Network | None = None
+        self.synced = asyncio.Event()
+        self.sync_wanted = asyncio.Event()
+
+    def peer_count(self) -> int:
+        return 0 if self.network is None else len(self.network.peers())
+
+    async def run(self) -> None:
+        network_config = self.config.network
+        if network_config is not None:
+            self.network = Network(
+                dataclasses.replace(network_config, topics=tuple(self.topics.values()))
+            )
+            self.network.set_request_handler(
+                sync_protocol(self.chain.genesis_hash), self._serve_sync
+            )
+            await self.network.start()
+        else:
+            self.synced.set()  # a lone dev node has nobody to catch up with
+        tasks = [asyncio.create_task(self._slot_loop(), name="slots")]
+        if self.network is not None:
+            tasks += [
+                asyncio.create_task(self._gossip_loop(), name="gossip"),
+                asyncio.create_task(self._sync_loop(), name="sync"),
+            ]
+        try:
+            stopper = asyncio.create_task(self.stop.wait())
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.network is not None:
+                await self.network.stop()
+
+    # --- authoring ---------------------------------------------------------------------------
+
+    async def _slot_loop(self) -> None:
+        slot_ms = self.config.spec.slot_ms
+        key = self.config.key
+        while not self.stop.is_set():
+            slot = slot_at(now_ms(), slot_ms)
+            if key is not None and self.synced.is_set():
+                result = await self.on_chain(self.chain.author_block, slot, key)
+                if result is not None:
+                    await self._announce(result)
+                    log_block(result, await self._finalized_number(), "authored")
+            wait_s = ((slot + 1) * slot_ms - now_ms()) / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=max(wait_s, 0.001))
+
+    async def _finalized_number(self) -> int:
+        return int(await self.on_chain(lambda: self.chain.storage.finalized_header().number))
+
+    async def _announce(self, result: ImportResult) -> None:
+        """Gossip a block we authored, our vote, new finality and any evidence we hold."""
+        if self.network is not None:
+            encoded = result.block.encode()
+            message = (
+                ["block", encoded]
+                if len(encoded) <= GOSSIP_BLOCK_LIMIT
+                else ["header", result.block.header.encode()]
+            )
+            self._publish("blocks", codec.encode(message))
+        await self._after_import(result)
+
+    async def _after_import(self, result: ImportResult) -> None:
+        if result.vote is not None:
+            self._publish("votes", result.vote.encode())
+        if result.finalized is not None:
+            self._publish("justifications", result.finalized.encode())
+        await self._report_evidence()
+
+    async def _report_evidence(self) -> None:
+        key = self.config.key
+        if key is None:
+            return
+        for kind, first, second in await self.on_chain(self.chain.take_evidence):
+
+            def submit(kind: str = kind, first: bytes = first, second: bytes = second) -> bytes:
+                nonce = self.chain.pool_nonce(key.address)
+                tx = sign_transaction(
+                    key,
+                    self.chain.genesis_hash,
+                    nonce,
+                    "authority",
+                    "report_equivocation",
+                    {"kind": kind, "first": first, "second": second},
+                )
+                self.chain.submit_transaction(tx.encode())
+                return tx.encode()
+
+            try:
+                encoded = await self.on_chain(submit)
+            except DeltachainError as exc:
+                log.info("evidence not submitted: %s", exc)
+                continue
+            log.warning("submitted %s equivocation evidence", kind)
+            self._publish("txs", encoded)
+
+    def _publish(self, topic: str, data: bytes) -> None:
+        if self.network is None:
+            return
+        try:
+            self.network.publish(self.topics[topic], data)
+        except NetworkError as exc:
+            log.debug("gossip on %s failed: %s", topic, exc)
+
+    # --- gossip ------------------------------------------------------------------------------
+
+    async def _gossip_loop(self) -> None:
+        assert_network = self.network
+        if assert_network is None:
+            return
+        by_topic = {v: k for k, v in self.topics.items()}
+        while True:
+            message = await assert_network.inbound.get()
+            kind = by_topic.get(message.topic)
+            try:
+                if kind == "blocks":
+                    await self._on_block_gossip(message.sender, message.data)
+                elif kind == "txs":
+                    await self.on_chain(self.chain.submit_transaction, message.data)
+                elif kind == "votes":
+                    outcome = await self.on_chain(self.chain.add_vote, Vote.decode(message.data))
+                    if outcome.finalized is not None:
+                        self._log_finality(outcome.finalized.source.number)
+                    await self._vote_if_head_moved(outcome.justified)
+                elif kind == "justifications":
+                    justification = Justification.decode(message.data)
+                    if await self.on_chain(self.chain.add_justification, justification):
+                        self._log_finality(justification.source.number)
+            except NotFound:
+                self.sync_wanted.set()
+            except DeltachainError as exc:
+                log.debug("ignored %s gossip from %s: %s", kind, message.sender[-8:], exc)
+            await self._report_evidence()
+
+    def _log_finality(self, number: int) -> None:
+        log.info("finalized #%d", number)
+
+    async def _vote_if_head_moved(self, justified: list[Hash32]) -> None:
+        if justified and self.config.key is not None:
+            vote = await self.on_chain(self.chain.vote, self.config.key)
+            if vote is not None:
+                self._publish("votes", vote.encode())
+
+    async def _on_block_gossip(self, sender: str, data: bytes) -> None:
+        obj = codec.decode(data, max_size=MAX_BLOCK_SIZE + 64, what="block gossip")
+        if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[1], bytes):
+            raise DecodeError("block gossip is [kind, bytes]")
+        if obj[0] == "header":
+            header = Header.decode(obj[1])
+            if await self.on_chain(self.chain.storage.has_block, header.hash):
+                return
+            block = await self._fetch_block(sender, header.hash)
+        elif obj[0] == "block":
+            block = Block.decode(obj[1])
+        else:
+            raise DecodeError("block gossip kind must be block or header")
+        await self._import(block, live=True)
+
+    async def _import(self, block: Block, *, live: bool) -> bool:
+        now = slot_at(now_ms(), self.config.spec.slot_ms) if live else None
+        try:
+            result = await self.on_chain(lambda: self.chain.import_block(block, now_slot=now))
+        except NotFound:
+            self.sync_wanted.set()  # unknown parent: fetch the gap from peers
+            return False
+        if result is None:
+            return False
+        log_block(result, await self._finalized_number(), "imported")
+        if self.config.key is not None:
+            result.vote = await self.on_chain(self.chain.vote, self.config.key)
+        if result.finalized is not None:
+            self._log_finality(result.finalized.source.number)
+        await self._after_import(result)
+        return True
+
+    async def _fetch_block(self, peer: str, block_hash: Hash32) -> Block:
+        if self.network is None:
+            raise NetworkError("no network")
+        reply = await self.network.request(
+            peer, sync_protocol(self.chain.genesis_hash), request_block(block_hash), timeout=10.0
+        )
+        items = decode_list(reply, "block response")
+        if len(items) != 1:
+            raise NotFound(f"peer does not have block 0x{block_hash.hex()[:16]}")
+        block = Block.decode(items[0])
+        if block.hash != block_hash:
+            raise DecodeError("peer answered with a different block")
+        return block
+
+    # --- sync ---------------------------------------------------------------------------------
+
+    async def _serve_sync(self, peer: str, request: bytes) -> bytes:
+        return bytes(await self.on_chain(serve, self.chain, request))
+
+    async def _sync_loop(self) -> None:
+        """Catch up from peers: at start (before authoring), every second, and on demand."""
+        network = self.network
+        if network is None:
+            return
+        started = time.monotonic()
+        while True:
+            behind = await self._sync_round(network)
+            if (
+                not self.synced.is_set()
+                and not behind
+                and (network.peers() or time.monotonic() - started > STARTUP_SYNC_WAIT_S)
+            ):
+                log.info("in sync with %d peers; authoring enabled", len(network.peers()))
+                self.synced.set()
+            if behind:
+                continue
+            self.sync_wanted.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.sync_wanted.wait(), timeout=SYNC_INTERVAL_S)
+
+    async def _sync_round(self, network: Network) -> bool:
+        """Ask every peer for its status and fetch what we miss; True if still behind."""
+        protocol = sync_protocol(self.chain.genesis_hash)
+        behind = False
+        for peer in network.peers():
+            try:
+                status = PeerStatus.decode(
+                    await network.request(peer, protocol, request_status(), timeout=5.0)
+                )
+                best = await self.on_chain(self.chain.storage.best_header)
+                finalized = await self.on_chain(self.chain.storage.finalized_header)
+                if status.best_number > best.number or not await self.on_chain(
+                    self.chain.storage.has_block, status.best_hash
+                ):
+                    behind |= await self._fetch_range(
+                        network, peer, finalized.number + 1, status.best_number
+                    )
+                if status.finalized_number > finalized.number:
+                    reply = decode_list(
+                        await network.request(
+                            peer, protocol, request_justification(status.finalized_number)
+                        ),
+                        "justification response",
+                    )
+                    for item in reply:
+                        justification = Justification.decode(item)
+                        if await self.on_chain(self.chain.add_justification, justification):
+                            self._log_finality(justification.source.number)
+            except (NetworkError, DeltachainError) as exc:
+                log.debug("sync with %s failed: %s", peer[-8:], exc)
+        return behind
+
+    async def _fetch_range(self, network: Network, peer: str, start: int, peer_best: int) -> bool:
+        """Import the peer's canonical blocks from ``start``; True if more remain."""
+        protocol = sync_protocol(self.chain.genesis_hash)
+        best = await self.on_chain(self.chain.storage.best_header)
+        # Skip what we already share on the canonical chain, but re-fetch a short overlap so a
+        # fork point a few blocks back is found.
+        start = max(start, best.number - FORK_OVERLAP)
+        reply = await network.request(
+            peer, protocol, request_blocks(start, MAX_BLOCKS_PER_RESPONSE), timeout=20.0
+        )
+        imported = 0
+        last = start - 1
+        for item in decode_list(reply, "blocks response"):
+            block = Block.decode(item)
+            last = block.number
+            if await self._import(block, live=False):
+                imported += 1
+        return imported > 0 and last < peer_best

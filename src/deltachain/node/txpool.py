@@ -116,6 +116,14 @@ class TxPool:
                 n += 1
         return kind
 
+    def next_nonce(self, sender: Address, account_nonce: int) -> int:
+        """The nonce a new transaction from ``sender`` should use, after its pooled ones."""
+        nonces = self._by_sender.get(sender, {})
+        n = account_nonce
+        while n in nonces:
+            n += 1
+        return n
+
     def ready(self) -> list[SignedTransaction]:
         """Ready transactions in arrival order, each sender's in nonce order."""
         chains = []
