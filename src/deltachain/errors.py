@@ -130,6 +130,12 @@ class ProofError(DeltachainError):
     """A Merkle proof that does not verify against the given root."""
 
 
+class StaleData(DeltachainError):
+    """Data that is valid but not newer than what the client already trusts: a justification
+    for a block at or below the finalized one, or a proof made against another state root than
+    the one being verified against (fetch it again at the finalized block)."""
+
+
 # --- transaction pool -----------------------------------------------------------------------
 
 
