@@ -539,6 +539,17 @@ class Storage:
             )
         return header.state_root
 
+    def kept_states(self) -> list[Hash32]:
+        """Blocks whose state survives pruning: genesis and every finalized authority-set
+        change, so light clients can always prove the set they must switch to (warp sync)."""
+        raw = self.meta_value("kept_states")
+        return [self.canonical_hash(0), *([] if raw is None else codec.decode(raw))]
+
+    def keep_state(self, block_hash: Hash32) -> None:
+        kept = self.kept_states()[1:]
+        if block_hash not in kept:
+            self.put_meta_value("kept_states", codec.encode([*kept, block_hash]))
+
     def _mark(self, roots: Iterable[Hash32]) -> tuple[set[bytes], set[bytes]]:
         """Every trie node and value reachable from ``roots``; shared subtrees are walked once."""
         nodes: set[bytes] = set()
@@ -576,6 +587,7 @@ class Storage:
                 "SELECT state_root FROM blocks WHERE number >= ?", (keep_from,)
             )
         ]
+        roots += [self.header(h).state_root for h in self.kept_states()]
         live_nodes, live_values = self._mark(roots)
         with self._write():
             c = self._conn
