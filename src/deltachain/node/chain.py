@@ -231,7 +231,9 @@ class Chain:
                 address_to_str(header.author),
                 header.slot,
             )
-            result.evidence.append(("seal", seen.encode(), header.encode()))
+            item = ("seal", seen.encode(), header.encode())
+            result.evidence.append(item)
+            self.evidence.append(item)  # pending for take_evidence(): the node reports it
 
     # --- finality --------------------------------------------------------------------------
 
@@ -285,6 +287,7 @@ class Chain:
             self.storage.prune()  # states behind finality − PRUNE_DEPTH can go
         set_id, authorities = self._finality_set()
         if set_id != self.gadget.set_id:
+            self.storage.keep_state(block_hash)  # light clients prove the new set here
             log.info(
                 "authority set %d takes over finality (%d authorities)", set_id, len(authorities)
             )
