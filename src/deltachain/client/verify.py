@@ -1,0 +1,248 @@
+"""Verified model downloads: every chunk is proven to a state root the device trusts.
+
+Chain of trust (brief §5): weight chunk → (Merkle proof) → ``weightsRoot`` in the model record
+→ (trie proof) → state root → header → finality. :func:`download_model` checks the first three
+links itself; the last two belong to a :class:`Verifier`, which tells the device which block to
+read and what that block's state root is.
+
+* :class:`TrustNodeVerifier` (the default until the light client lands) **trusts the node's
+  finality claim**: it asks the node for its finalized head and checks only that the returned
+  header hashes to that block hash (so the state root is bound to the hash), not that the block
+  is final. A lying node can still serve a forged chain; a corrupted or tampered download from
+  an honest node's block is always caught.
+* The light client (``deltachain.light``) follows finality by verifying justifications; it plugs
+  in by implementing the same protocol (``finalized_block``, ``trusted_state_root``,
+  ``take_cost``), with no change here.
+
+Every failure is a :class:`~deltachain.errors.ProofError` (a bad proof, a chunk of the wrong
+size, a record that does not match, a malformed answer), so a device rejects the download as a
+whole and never trains on unverified weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from deltachain import codec
+from deltachain.crypto.hashing import Hash32
+from deltachain.crypto.merkle import leaf_hash, verify_merkle_proof
+from deltachain.crypto.trie import TrieProof, verify_proof
+from deltachain.errors import DecodeError, DeltachainError, ProofError
+from deltachain.model_state.module import key_model
+from deltachain.primitives.block import Header
+from deltachain.runtime.state import key_hash, value_hash
+
+from .rpc import NOT_FOUND, Caller, RpcFailed
+
+HASH_NODE_BYTES = 65
+"""Bytes hashed per Merkle/trie node: one-byte domain prefix + two 32-byte children."""
+
+
+class ModelNotFound(DeltachainError):
+    """The chain has no model with that id."""
+
+
+@dataclass
+class VerifierCost:
+    """What a verifier downloaded and checked since the last ``take_cost`` (for accounting)."""
+
+    bytes_received: int = 0
+    hashed_bytes: int = 0
+    signature_verifications: int = 0
+
+
+class Verifier(Protocol):
+    """Where a device's trust comes from: a finalized block and its state root."""
+
+    def finalized_block(self) -> Hash32:
+        """The block the device should read the model at (the latest one it trusts as final)."""
+        ...
+
+    def trusted_state_root(self, block_hash: Hash32) -> Hash32:
+        """The state root of ``block_hash``; raises ProofError if that block is not trusted."""
+        ...
+
+    def take_cost(self) -> VerifierCost:
+        """Bytes and checks spent since the previous call (then reset)."""
+        ...
+
+
+def _unhex(value: Any, what: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str) or not value.startswith("0x"):
+        raise ProofError(f"malformed answer: {what} is not 0x-hex")
+    try:
+        data = bytes.fromhex(value[2:])
+    except ValueError:
+        raise ProofError(f"malformed answer: {what} is not valid hex") from None
+    if length is not None and len(data) != length:
+        raise ProofError(f"malformed answer: {what} is {len(data)} bytes, expected {length}")
+    return data
+
+
+def header_from_json(obj: Any) -> Header:
+    """Rebuild a header from the node's JSON (``chain_getHeader``); raises ProofError."""
+    if not isinstance(obj, Mapping):
+        raise ProofError("the node has no header for that block")
+    try:
+        return Header.from_obj(
+            [
+                _unhex(obj["parentHash"], "parentHash", 32),
+                obj["number"],
+                obj["slot"],
+                _unhex(obj["stateRoot"], "stateRoot", 32),
+                _unhex(obj["extrinsicsRoot"], "extrinsicsRoot", 32),
+                _unhex(obj["author"], "author", 32),
+                _unhex(obj["seal"], "seal"),
+            ]
+        )
+    except (KeyError, TypeError) as exc:
+        raise ProofError(f"malformed header answer: {exc}") from None
+    except DecodeError as exc:
+        raise ProofError(f"malformed header: {exc}") from None
+
+
+class TrustNodeVerifier:
+    """Trusts the node's finalized head; checks that the header hashes to that block hash."""
+
+    def __init__(self, node: Caller) -> None:
+        self.node = node
+        self._roots: dict[bytes, Hash32] = {}
+        self._cost = VerifierCost()
+
+    def finalized_block(self) -> Hash32:
+        return Hash32(_unhex(self.node.call("chain_getFinalizedHead"), "finalized head", 32))
+
+    def trusted_state_root(self, block_hash: Hash32) -> Hash32:
+        cached = self._roots.get(block_hash)
+        if cached is not None:
+            return cached
+        header = header_from_json(self.node.call("chain_getHeader", "0x" + block_hash.hex()))
+        encoded = header.encode()
+        self._cost.bytes_received += len(encoded)
+        self._cost.hashed_bytes += len(encoded)
+        if header.hash != block_hash:
+            raise ProofError("the node's header does not hash to the block it claims")
+        self._roots = {block_hash: header.state_root}  # only the latest: O(1) memory
+        return header.state_root
+
+    def take_cost(self) -> VerifierCost:
+        cost, self._cost = self._cost, VerifierCost()
+        return cost
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A model version whose every chunk was proven to ``state_root`` of ``block_hash``."""
+
+    model_id: str
+    block_hash: Hash32
+    state_root: Hash32
+    config: Mapping[str, Any]  # the record's config: id, layers (name, shape, global), ...
+    version: int
+    weights: np.ndarray  # int32 fixed point, the full flat vector
+    bytes_received: int  # record + its proof + chunks + their proofs (binary sizes)
+    hashed_bytes: int  # what the device hashed to verify them
+    largest_chunk_with_proof: int  # bytes: the download phase's resident chunk + proof
+    record_with_proof: int  # bytes
+
+
+def _record_config(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        config = record["config"]
+        for key in ("id", "layers", "fracBits", "chunkSize"):
+            config[key]
+        int(record["version"])
+        int(record["chunkCount"])
+        int(record["numParams"])
+        _ = record["weightsRoot"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProofError(f"model record is malformed: {exc}") from None
+    if not isinstance(config, Mapping):
+        raise ProofError("model record is malformed: config is not a map")
+    return config
+
+
+def download_model(node: Caller, verifier: Verifier, model_id: str) -> VerifiedModel:
+    """Fetch every chunk of ``model_id`` at the verifier's finalized block and prove each.
+
+    Raises ProofError on any verification failure, ModelNotFound if the chain has no such
+    model, NodeUnreachable / RpcFailed if the node cannot answer.
+    """
+    block = verifier.finalized_block()
+    root = verifier.trusted_state_root(block)
+    block_hex = "0x" + block.hex()
+
+    def fetch(index: int) -> Mapping[str, Any]:
+        try:
+            answer = node.call("model_getChunkProof", model_id, index, block_hex)
+        except RpcFailed as exc:
+            if exc.code == NOT_FOUND and "no model" in str(exc):
+                raise ModelNotFound(f"the chain has no model {model_id!r}") from None
+            raise
+        if not isinstance(answer, Mapping):
+            raise ProofError("malformed chunk proof answer")
+        return answer
+
+    first = fetch(0)
+    try:
+        record_bytes = _unhex(first["record"], "record")
+        record_proof_bytes = _unhex(first["recordProof"], "recordProof")
+    except KeyError as exc:
+        raise ProofError(f"chunk proof answer lacks {exc}") from None
+    try:
+        record_proof = TrieProof.decode(record_proof_bytes)
+    except DecodeError as exc:
+        raise ProofError(f"model record proof is malformed: {exc}") from None
+    verify_proof(root, key_hash(key_model(model_id)), value_hash(record_bytes), record_proof)
+    hashed = len(record_bytes) + HASH_NODE_BYTES * (len(record_proof.siblings) + 1)
+    try:
+        record = codec.decode(record_bytes, what="model record")
+    except DecodeError as exc:
+        raise ProofError(f"model record does not decode: {exc}") from None
+    if not isinstance(record, Mapping):
+        raise ProofError("model record is not a map")
+    config = _record_config(record)
+    count, num_params = int(record["chunkCount"]), int(record["numParams"])
+    chunk_size = int(config["chunkSize"])
+    weights_root = Hash32(bytes(record["weightsRoot"]))
+    if count != -(-num_params // chunk_size) or count < 1:
+        raise ProofError("model record chunk count does not match its size")
+
+    received = len(record_bytes) + len(record_proof_bytes)
+    parts: list[np.ndarray] = []
+    largest = 0
+    for index in range(count):
+        answer = first if index == 0 else fetch(index)
+        try:
+            chunk = _unhex(answer["chunk"], "chunk")
+            proof = [Hash32(_unhex(p, "proof hash", 32)) for p in answer["proof"]]
+            got_index, got_count = answer["index"], answer["count"]
+        except (KeyError, TypeError) as exc:
+            raise ProofError(f"malformed chunk proof answer: {exc}") from None
+        if got_index != index or got_count != count:
+            raise ProofError(f"node answered chunk {got_index}/{got_count}, asked {index}/{count}")
+        expected = 4 * min(chunk_size, num_params - index * chunk_size)
+        if len(chunk) != expected:
+            raise ProofError(f"chunk {index} is {len(chunk)} bytes, expected {expected}")
+        verify_merkle_proof(weights_root, index, count, leaf_hash(chunk), proof)
+        size = len(chunk) + 32 * len(proof) + 8  # + index and count
+        received += size
+        largest = max(largest, size)
+        hashed += len(chunk) + 1 + HASH_NODE_BYTES * len(proof)
+        parts.append(np.frombuffer(chunk, dtype="<i4"))
+    return VerifiedModel(
+        model_id=model_id,
+        block_hash=block,
+        state_root=root,
+        config=config,
+        version=int(record["version"]),
+        weights=np.concatenate(parts).astype(np.int32),
+        bytes_received=received,
+        hashed_bytes=hashed,
+        largest_chunk_with_proof=largest,
+        record_with_proof=len(record_bytes) + len(record_proof_bytes),
+    )
