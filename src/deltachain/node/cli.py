@@ -27,11 +27,27 @@ from deltachain.crypto.keys import Keypair, address_to_str, parse_address
 from deltachain.crypto.keystore import encrypt_key, plain_key, read_key_file, write_key_file
 from deltachain.errors import DeltachainError, KeystoreError
 from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
-from deltachain.node.rpc import RpcError, block_json, header_json, unhex
-from deltachain.node.rpc_client import DEFAULT_RPC, RpcClient
+from deltachain.node.metrics import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
+from deltachain.node.rpc import (
+    MAX_CONNECTIONS,
+    MAX_SUBSCRIPTIONS,
+    RPC_METHODS_POLICIES,
+    RpcError,
+    RpcLimits,
+    block_json,
+    header_json,
+    to_json,
+    unhex,
+)
+from deltachain.node.rpc_client import (
+    DEFAULT_RPC,
+    RpcClient,
+    StatusCallback,
+    WebSocketUnavailable,
+)
 from deltachain.node.storage import Storage
 from deltachain.primitives.chainspec import ChainSpec, dev_chain_spec, load_chain_spec
-from deltachain.primitives.transaction import sign_transaction
+from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 from deltachain.primitives.types import Hash32
 from deltachain.runtime.state import State
 
@@ -170,6 +186,13 @@ def cmd_node(args: argparse.Namespace) -> int:
         rpc_port=args.rpc_port,
         archive=args.archive,
         network=network_config(args, spec, base_path),
+        rpc_methods=args.rpc_methods,
+        rpc_limits=RpcLimits(
+            max_connections=args.rpc_max_connections,
+            max_subscriptions=args.rpc_max_subscriptions_per_connection,
+        ),
+        prometheus_host="0.0.0.0" if args.prometheus_external else "127.0.0.1",  # noqa: S104
+        prometheus_port=None if args.no_prometheus else args.prometheus_port,
     )
     asyncio.run(run_node(config))
     return 0
@@ -178,16 +201,68 @@ def cmd_node(args: argparse.Namespace) -> int:
 # --- transactions -----------------------------------------------------------------------------
 
 
+def spec_genesis_hash(spec: ChainSpec) -> Hash32:
+    """The genesis hash a chain spec gives (what a node built from it reports)."""
+    from deltachain.runtime.executive import build_genesis
+    from deltachain.runtime.state import MemoryStateStore
+
+    return build_genesis(construct_runtime(), spec, MemoryStateStore()).hash
+
+
+def connect(args: argparse.Namespace) -> RpcClient:
+    """An RPC client for ``--rpc``; with ``--chain SPEC``, first check the node runs that chain."""
+    client = RpcClient(args.rpc)
+    if getattr(args, "chain", None):
+        spec = load_chain_spec(Path(args.chain))
+        expected = spec_genesis_hash(spec)
+        actual = _hash(client.call("chain_getGenesisHash"))
+        if actual != expected:
+            name = client.call("system_chain")
+            raise DeltachainError(
+                f"wrong chain: the node at {args.rpc} runs {name!r} "
+                f"(genesis 0x{actual.hex()[:16]}…), but {args.chain} is {spec.name!r} "
+                f"(genesis 0x{expected.hex()[:16]}…); pass the right --rpc or --chain"
+            )
+    return client
+
+
+def _status_printer(submitted: str) -> StatusCallback:
+    first = True
+
+    def show(status: str, block_hash: str | None, number: int | None) -> None:
+        nonlocal first
+        if first:
+            print(submitted, flush=True)
+            first = False
+        where = ""
+        if block_hash is not None:
+            where = f" in block #{number} ({block_hash[:14]}…)" if number is not None else ""
+            where = where or f" in block {block_hash}"
+        print(f"  status: {status}{where}", flush=True)
+
+    return show
+
+
 def send_call(
     args: argparse.Namespace, module: str, function: str, call_args: dict[str, Any]
 ) -> int:
-    client = RpcClient(args.rpc)
+    """Sign and submit; with ``--wait``, follow it over a WebSocket (author_submitAndWatch-
+    Extrinsic), or by polling if the endpoint has no WebSocket."""
+    client = connect(args)
     key = load_key(args.key, args.password_file)
     genesis = _hash(client.call("chain_getGenesisHash"))
     nonce = client.call("system_accountNextIndex", address_to_str(key.address))
     tx = sign_transaction(key, genesis, nonce, module, function, call_args)
-    tx_hash = client.call("author_submitExtrinsic", "0x" + tx.encode().hex())
-    print(f"submitted {module}.{function} as {tx_hash}")
+    tx_hex = "0x" + tx.encode().hex()
+    submitted = f"submitted {module}.{function} as 0x{tx.hash.hex()}"
+    if args.wait != "none":
+        try:
+            client.submit_and_watch(tx_hex, args.wait, args.timeout, _status_printer(submitted))
+            return 0
+        except WebSocketUnavailable as exc:
+            log.debug("%s; submitting over HTTP and polling", exc)
+    tx_hash = client.call("author_submitExtrinsic", tx_hex)
+    print(f"submitted {module}.{function} as {tx_hash}", flush=True)
     if args.wait != "none":
         wait_for(client, tx_hash, args.wait, args.timeout)
     return 0
@@ -202,7 +277,7 @@ def wait_for(client: RpcClient, tx_hash: str, until: str, timeout: float) -> Non
         if status["status"] != last:
             last = status["status"]
             where = f" in block #{status['block']}" if "block" in status else ""
-            print(f"  status: {last}{where}")
+            print(f"  status: {last}{where}", flush=True)
         if status["status"] in wanted:
             return
         if status["status"] == "unknown":
@@ -251,7 +326,7 @@ def load_delta(path: Path, model: dict[str, Any], top_p: float) -> SubmitDelta:
 
 
 def cmd_submit_delta(args: argparse.Namespace) -> int:
-    client = RpcClient(args.rpc)
+    client = connect(args)
     model = client.call("model_get", args.model)
     delta = load_delta(Path(args.delta), model, args.top_p)
     base = model["version"] if args.base_version is None else args.base_version
@@ -286,24 +361,89 @@ def cmd_remark(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace, value: Any) -> None:
+    """``--json``: the RPC answer as is, for scripts; otherwise a table for people."""
     if getattr(args, "json", False):
         print(json.dumps(value, indent=2, sort_keys=True))
     elif isinstance(value, dict):
-        width = max((len(k) for k in value), default=0)
-        for key, item in value.items():
-            print(f"{key:<{width}}  {item}")
+        _print_record(value)
+    elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        _print_table(value)
     elif isinstance(value, list):
         for item in value:
             print(item)
+        if not value:
+            print("(none)")
     else:
         print(value)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        if not value:
+            return "(none)"
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return "×".join(map(str, value))  # a shape
+        return ", ".join(map(_cell, value))
+    return str(value)
+
+
+def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    """Aligned columns under a header; numbers right-aligned."""
+    if title:
+        print(f"\n{title}")
+    if not rows:
+        print("  (none)")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row.get(c), int | float) for row in rows) for c in columns]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    print(line(columns))
+    print("  ".join("-" * w for w in widths))
+    for row_cells in cells:
+        print(line(row_cells))
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    """``key  value`` lines; nested objects flatten to ``a.b``, lists of objects become
+    tables after the record."""
+    flat: list[tuple[str, Any]] = []
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((prefix, value))
+        else:
+            flat.append((prefix, value))
+
+    walk("", record)
+    width = max((len(k) for k, _ in flat), default=0)
+    for key, value in flat:
+        print(f"{key:<{width}}  {_cell(value)}")
+    for title, rows in tables:
+        _print_table(rows, f"{title}:")
 
 
 def _hash(value: str) -> Hash32:
     try:
         return Hash32(unhex(value, "hash", 32))
-    except RpcError as exc:
-        raise DeltachainError(exc.message) from None
+    except RpcError:
+        raise DeltachainError(f"{value!r} is not a hash (0x and 64 hex digits)") from None
 
 
 class OfflineChain:
@@ -336,7 +476,7 @@ class OfflineChain:
             if "address" in qargs:
                 qargs = {**qargs, "address": parse_address(qargs["address"])}
             state = State(s, s.state_root_at(s.best_hash()))
-            return self.runtime.module(module).query(state, name, qargs)
+            return to_json(self.runtime.module(module).query(state, name, qargs))
         raise DeltachainError(f"{method} needs a running node (--rpc)")
 
 
@@ -346,65 +486,146 @@ def _need(args: argparse.Namespace, usage: str) -> str:
     return str(args.arg)
 
 
+def _block_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise DeltachainError(f"{text!r} is not a block number (or a 0x block hash)") from None
+    if number < 0:
+        raise DeltachainError("a block number cannot be negative")
+    return number
+
+
+def _tx_rows(extrinsics: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, raw in enumerate(extrinsics):
+        tx = SignedTransaction.decode(bytes.fromhex(raw[2:]))
+        rows.append(
+            {
+                "#": i,
+                "hash": "0x" + tx.hash.hex(),
+                "sender": address_to_str(tx.sender),
+                "nonce": int(tx.nonce),
+                "call": f"{tx.call.module}.{tx.call.function}",
+            }
+        )
+    return rows
+
+
+def _fetch_weights(source: Any, model: str) -> tuple[np.ndarray, int, int]:
+    """Raw int32 weights, version, fracBits: paged (``model_getWeights``) over RPC, all at
+    one block so the pages agree."""
+    if not isinstance(source, RpcClient):
+        found = source.call("runtime_query", "model_state", "weights", {"model": model})
+        raw = np.frombuffer(bytes.fromhex(found["weights"][2:]), dtype="<i4").astype(np.int32)
+        return raw, int(found["version"]), int(found["fracBits"])
+    parts = []
+    options: dict[str, Any] = {"format": "raw", "offset": 0}
+    while True:
+        page = source.call("model_getWeights", model, options)
+        parts.append(np.frombuffer(bytes.fromhex(page["weights"][2:]), dtype="<i4"))
+        if page["next"] is None:
+            break
+        options = {"format": "raw", "offset": page["next"], "at": page["at"]}
+    return np.concatenate(parts).astype(np.int32), int(page["version"]), int(page["fracBits"])
+
+
 def cmd_query(args: argparse.Namespace) -> int:
-    source: Any = OfflineChain(Path(args.base_path)) if args.base_path else RpcClient(args.rpc)
+    source: Any = OfflineChain(Path(args.base_path)) if args.base_path else connect(args)
     what = args.what
     if what == "head":
         header = source.call("chain_getHeader")
         finalized = source.call("chain_getFinalizedHead")
         _emit(args, {**header, "finalizedHash": finalized})
     elif what == "block":
-        if args.arg is None:
-            raise DeltachainError("usage: deltachain query block NUMBER")
-        block_hash = source.call("chain_getBlockHash", int(args.arg))
-        if block_hash is None:
-            raise DeltachainError(f"no block #{args.arg} yet")
-        block = source.call("chain_getBlock", block_hash)["block"]
-        _emit(
-            args,
-            {**block["header"], "extrinsics": len(block["extrinsics"])} if not args.json else block,
-        )
+        arg = _need(args, "deltachain query block NUMBER|0xHASH")
+        if arg.startswith("0x"):
+            block_hash = "0x" + _hash(arg).hex()
+        else:
+            block_hash = source.call("chain_getBlockHash", _block_number(arg))
+            if block_hash is None:
+                raise DeltachainError(f"no block #{arg} yet")
+        found = source.call("chain_getBlock", block_hash)
+        if found is None:
+            raise DeltachainError(f"the node has no block {block_hash}")
+        block = found["block"]
+        if args.json:
+            _emit(args, block)
+        else:
+            _print_record({**block["header"], "extrinsics": len(block["extrinsics"])})
+            if block["extrinsics"]:
+                _print_table(_tx_rows(block["extrinsics"]), "extrinsics:")
     elif what == "tx":
-        if args.arg is None:
-            raise DeltachainError("usage: deltachain query tx 0xHASH")
-        _emit(args, source.call("author_extrinsicStatus", args.arg))
+        arg = _need(args, "deltachain query tx 0xHASH")
+        status = source.call("author_extrinsicStatus", "0x" + _hash(arg).hex())
+        if args.json:
+            _emit(args, status)
+        elif status["status"] == "unknown":
+            print(f"transaction {arg}: unknown (not in the pool nor in any block this node has)")
+        else:
+            if "blockHash" in status:
+                block = source.call("chain_getBlock", status["blockHash"])["block"]
+                row = _tx_rows(block["extrinsics"])[status["index"]]
+                status = {**status, **{k: row[k] for k in ("sender", "nonce", "call")}}
+            _print_record(status)
     elif what == "account":
-        if args.arg is None:
-            raise DeltachainError("usage: deltachain query account 0xADDRESS")
-        _emit(args, source.call("runtime_query", "system", "account", {"address": args.arg}))
+        address = _need(args, "deltachain query account 0xADDRESS")
+        _emit(args, source.call("runtime_query", "system", "account", {"address": address}))
     elif what == "models":
-        _emit(args, source.call("runtime_query", "model_state", "list", {}))
+        ids = source.call("runtime_query", "model_state", "list", {})
+        if args.json:
+            _emit(args, ids)
+        else:
+            rows = []
+            for model_id in ids:
+                m = source.call("runtime_query", "model_state", "get", {"model": model_id})
+                rows.append(
+                    {
+                        "id": m["id"],
+                        "version": m["version"],
+                        "params": m["numParams"],
+                        "chunks": m["chunkCount"],
+                        "round start": m["round"]["start"],
+                        "deltas": len(m["round"]["deltas"]),
+                        "weightsRoot": m["weightsRoot"][:18] + "…",
+                    }
+                )
+            _print_table(rows)
     elif what == "model":
         model = _need(args, "deltachain query model MODEL")
         _emit(args, source.call("runtime_query", "model_state", "get", {"model": model}))
     elif what == "weights":
         model = _need(args, "deltachain query weights MODEL --out FILE.npy [--raw]")
-        found = source.call("runtime_query", "model_state", "weights", {"model": model})
-        raw = np.frombuffer(bytes.fromhex(found["weights"][2:]), dtype="<i4").astype(np.int32)
-        array = raw if args.raw else raw.astype(np.float64) / float(1 << found["fracBits"])
         if not args.out:
             raise DeltachainError("usage: deltachain query weights MODEL --out FILE.npy")
+        raw, version, frac_bits = _fetch_weights(source, model)
+        array = raw if args.raw else raw.astype(np.float64) / float(1 << frac_bits)
         np.save(args.out, array)
         print(
-            f"wrote {args.out}: version {found['version']}, {raw.size} parameters "
+            f"wrote {args.out}: version {version}, {raw.size} parameters "
             f"({'raw int32 fixed point' if args.raw else 'float64'})"
         )
     elif what == "provenance":
-        model = _need(args, "deltachain query provenance MODEL --version V")
-        if args.version is None:
-            raise DeltachainError("usage: deltachain query provenance MODEL --version V")
+        model = _need(args, "deltachain query provenance MODEL VERSION")
+        version = args.version if args.version is not None else args.extra
+        if version is None:
+            raise DeltachainError("usage: deltachain query provenance MODEL VERSION")
         _emit(
             args,
             source.call(
                 "runtime_query",
                 "model_state",
                 "provenance",
-                {"model": model, "version": args.version},
+                {"model": model, "version": _block_number(str(version))},
             ),
         )
     elif what in ("clients", "validators"):
         name = "clients" if what == "clients" else "authorities"
-        _emit(args, source.call("runtime_query", "system", name, {}))
+        addresses = source.call("runtime_query", "system", name, {})
+        if args.json:
+            _emit(args, addresses)
+        else:
+            _print_table([{"#": i, "address": a} for i, a in enumerate(addresses)])
     return 0
 
 
@@ -415,6 +636,13 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 
 # --- parser -----------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,6 +663,34 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--name", default="deltachain", help="node name shown to peers and in RPC")
     node.add_argument("--rpc-host", default="127.0.0.1")
     node.add_argument("--rpc-port", type=int, default=9944)
+    node.add_argument(
+        "--rpc-methods",
+        choices=RPC_METHODS_POLICIES,
+        default="auto",
+        help="who may call unsafe RPC methods: auto = callers on this machine only (default), "
+        "safe = nobody, unsafe = everybody",
+    )
+    node.add_argument(
+        "--rpc-max-connections", type=_positive_int, default=MAX_CONNECTIONS, metavar="N"
+    )
+    node.add_argument(
+        "--rpc-max-subscriptions-per-connection",
+        type=_positive_int,
+        default=MAX_SUBSCRIPTIONS,
+        metavar="N",
+    )
+    node.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=DEFAULT_PROMETHEUS_PORT,
+        help="serve Prometheus metrics on this port at /metrics (default %(default)s)",
+    )
+    node.add_argument(
+        "--prometheus-external",
+        action="store_true",
+        help="listen for metrics on all interfaces (default: loopback only)",
+    )
+    node.add_argument("--no-prometheus", action="store_true", help="no metrics endpoint")
     node.add_argument("--archive", action="store_true", help="keep every state (no pruning)")
     node.add_argument("--port", type=int, help="p2p port (default 30333; 0 = any free port)")
     node.add_argument("--listen-host", default="127.0.0.1", help="p2p listen address")
@@ -469,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--key", required=True, help="signing key: key file or //name")
         t.add_argument("--password-file")
         t.add_argument("--rpc", default=DEFAULT_RPC)
+        t.add_argument("--chain", help="chain spec: refuse to send if the node runs another chain")
         t.add_argument("--wait", choices=("none", "in-block", "finalized"), default="in-block")
         t.add_argument("--timeout", type=float, default=30.0)
         return t
@@ -513,8 +770,10 @@ def build_parser() -> argparse.ArgumentParser:
             "provenance",
         ),
     )
-    q.add_argument("arg", nargs="?")
+    q.add_argument("arg", nargs="?", help="block number, tx hash, address or model id")
+    q.add_argument("extra", nargs="?", help="provenance: the model version")
     q.add_argument("--rpc", default=DEFAULT_RPC, help="node to ask (default %(default)s)")
+    q.add_argument("--chain", help="chain spec: refuse to answer if the node runs another chain")
     q.add_argument("--base-path", help="read a node's database directly instead of RPC")
     q.add_argument("--json", action="store_true", help="machine-readable output")
     q.add_argument("--out", help="weights: write a .npy file here")
@@ -527,6 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = vec.add_parser("run", help="replay vector files; exit 1 if any fails")
     run.add_argument("files", nargs="+")
     run.set_defaults(func=cmd_vectors)
+    from deltachain.node.testnet import register as register_testnet
+
+    register_testnet(sub)  # chain-spec new, testnet up|status|down
+    from deltachain.client.cli import register as register_client_fleet
+
+    register_client_fleet(sub)  # client run
     return p
 
 

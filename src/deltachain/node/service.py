@@ -27,9 +27,11 @@ from deltachain.consensus.aura import slot_at
 from deltachain.consensus.finality import Justification, Vote
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.errors import DecodeError, DeltachainError, NetworkError, NotFound
+from deltachain.model_state.module import ModelStateModule
 from deltachain.node.chain import Chain, ImportResult
+from deltachain.node.metrics import MetricsServer, NodeMetrics
 from deltachain.node.network import Network, NetworkConfig
-from deltachain.node.rpc import ChainRunner, RpcServer
+from deltachain.node.rpc import ChainRunner, EventHub, RpcLimits, RpcServer
 from deltachain.node.sync import (
     GOSSIP_BLOCK_LIMIT,
     MAX_BLOCKS_PER_RESPONSE,
@@ -68,6 +70,12 @@ class NodeConfig:
     archive: bool = False
     network: NetworkConfig | None = None
     """None runs without peers (the dev chain)."""
+    rpc_methods: str = "auto"
+    """auto | safe | unsafe: who may call unsafe RPC methods (auto: callers on this machine)."""
+    rpc_limits: RpcLimits = dataclasses.field(default_factory=RpcLimits)
+    prometheus_host: str = "127.0.0.1"
+    prometheus_port: int | None = None
+    """None: no metrics endpoint."""
 
 
 def now_ms() -> int:
@@ -125,15 +133,33 @@ def chain_runner(executor: ThreadPoolExecutor) -> ChainRunner:
 async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
     run = chain_runner(executor)
-    service = NodeService(chain, config, run, stop)
-    runner = web.AppRunner(
-        RpcServer(chain, run, node_name=config.name, peers=service.peer_count).app(),
-        access_log=None,
+    events = EventHub()
+    metrics = NodeMetrics(config.spec.id)
+    service = NodeService(chain, config, run, stop, events=events, metrics=metrics)
+    rpc = RpcServer(
+        chain,
+        run,
+        node_name=config.name,
+        peers=service.peer_ids,
+        local_peer_id=service.local_peer_id,
+        is_syncing=lambda: not service.synced.is_set(),
+        roles=("Authority",) if config.key is not None else ("Full",),
+        events=events,
+        metrics=metrics,
+        rpc_methods=config.rpc_methods,
+        limits=config.rpc_limits,
+    )
+    runner = web.AppRunner(rpc.app(), access_log=None)
+    prometheus = web.AppRunner(
+        MetricsServer(metrics, service.refresh_metrics).app(), access_log=None
     )
     try:
+        await run(events.update, chain.storage)
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.rpc_host, config.rpc_port).start()
+            await web.TCPSite(
+                runner, config.rpc_host, config.rpc_port, shutdown_timeout=5.0
+            ).start()
         except OSError as exc:
             raise DeltachainError(
                 f"cannot listen for JSON-RPC on {config.rpc_host}:{config.rpc_port} "
@@ -148,27 +174,61 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
             best.number,
             chain.storage.path,
         )
-        log.info("JSON-RPC listening on http://%s:%d", config.rpc_host, config.rpc_port)
+        log.info(
+            "JSON-RPC listening on http://%s:%d (HTTP and WebSocket; unsafe methods: %s)",
+            config.rpc_host,
+            config.rpc_port,
+            config.rpc_methods,
+        )
+        if config.prometheus_port is not None:
+            await _start_prometheus(prometheus, config.prometheus_host, config.prometheus_port)
         if config.key is not None:
             log.info("authoring as %s", address_to_str(config.key.address))
         warm = await run(chain.warm_up)
         log.info("aggregation kernels ready in %.2f s", warm)
         await service.run()
     finally:
+        await prometheus.cleanup()
         await runner.cleanup()
         executor.shutdown(wait=True)
+
+
+async def _start_prometheus(runner: web.AppRunner, host: str, port: int) -> None:
+    """Metrics are not worth refusing to start over: a busy port is logged and skipped."""
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        log.warning(
+            "Prometheus metrics disabled: cannot listen on %s:%d (%s); choose another "
+            "--prometheus-port or pass --no-prometheus",
+            host,
+            port,
+            exc.strerror or exc,
+        )
+        return
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
 
 
 class NodeService:
     """Slots, gossip, sync and votes around one Chain. Owns its tasks; stops them all."""
 
     def __init__(
-        self, chain: Chain, config: NodeConfig, run: ChainRunner, stop: asyncio.Event
+        self,
+        chain: Chain,
+        config: NodeConfig,
+        run: ChainRunner,
+        stop: asyncio.Event,
+        *,
+        events: EventHub | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.chain = chain
         self.config = config
         self.on_chain = run
         self.stop = stop
+        self.events = events
+        self.metrics = metrics
         self.topics = topics(chain.genesis_hash)
         self.network: Network | None = None
         self.synced = asyncio.Event()
@@ -176,6 +236,52 @@ class NodeService:
 
     def peer_count(self) -> int:
         return 0 if self.network is None else len(self.network.peers())
+
+    def peer_ids(self) -> list[str]:
+        """Connected peers (a snapshot; safe to call from any thread)."""
+        return [] if self.network is None else self.network.peers()
+
+    def local_peer_id(self) -> str | None:
+        return None if self.network is None else self.network.peer_id
+
+    # --- RPC events and metrics --------------------------------------------------------------
+
+    async def _notify_rpc(self) -> None:
+        """Publish new best/finalized heads to RPC subscribers (reads storage on the chain
+        thread; the hub delivers to each subscriber's loop in one order)."""
+        if self.events is not None:
+            await self.on_chain(self.events.update, self.chain.storage)
+
+    def _observe_import(self, result: ImportResult, origin: str) -> None:
+        metrics = self.metrics
+        if metrics is None:
+            return
+        (metrics.blocks_authored if origin == "own" else metrics.blocks_imported).inc()
+        metrics.import_seconds.observe(result.seconds, origin)
+        for event in result.output.finalize_events:
+            if event.module == "model_state" and event.name == "RoundClosed":
+                module = self.chain.runtime.modules.get("model_state")
+                if isinstance(module, ModelStateModule):
+                    metrics.aggregation_seconds.observe(module.last_aggregation_seconds)
+                metrics.rounds_closed.inc(1, str(event.data.get("model")))
+
+    async def refresh_metrics(self) -> None:
+        """Set the state gauges (heights, pool, peers) just before a scrape."""
+        metrics = self.metrics
+        if metrics is None:
+            return
+
+        def read() -> tuple[int, int, dict[str, int]]:
+            storage = self.chain.storage
+            best = storage.best_header().number
+            return best, storage.finalized_header().number, self.chain.pool.stats()
+
+        best, finalized, pool = await self.on_chain(read)
+        metrics.block_height.set(best, "best")
+        metrics.block_height.set(finalized, "finalized")
+        metrics.ready_txs.set(pool["ready"])
+        metrics.future_txs.set(pool["future"])
+        metrics.peers.set(self.peer_count())
 
     async def run(self) -> None:
         network_config = self.config.network
@@ -218,6 +324,7 @@ class NodeService:
             if key is not None and self.synced.is_set():
                 result = await self.on_chain(self.chain.author_block, slot, key)
                 if result is not None:
+                    self._observe_import(result, "own")
                     await self._announce(result)
                     log_block(result, await self._finalized_number(), "authored")
             wait_s = ((slot + 1) * slot_ms - now_ms()) / 1000
@@ -244,6 +351,7 @@ class NodeService:
             self._publish("votes", result.vote.encode())
         if result.finalized is not None:
             self._publish("justifications", result.finalized.encode())
+        await self._notify_rpc()
         await self._report_evidence()
 
     async def _report_evidence(self) -> None:
@@ -309,6 +417,10 @@ class NodeService:
                 self.sync_wanted.set()
             except DeltachainError as exc:
                 log.debug("ignored %s gossip from %s: %s", kind, message.sender[-8:], exc)
+                if kind == "txs" and self.metrics is not None:
+                    self.metrics.rejected_txs.inc(1, type(exc).__name__)
+            if kind in ("votes", "justifications"):
+                await self._notify_rpc()  # finality (or a vote-driven reorg) may have moved
             await self._report_evidence()
 
     def _log_finality(self, number: int) -> None:
@@ -344,6 +456,7 @@ class NodeService:
             return False
         if result is None:
             return False
+        self._observe_import(result, "network")
         log_block(result, await self._finalized_number(), "imported")
         if self.config.key is not None:
             result.vote = await self.on_chain(self.chain.vote, self.config.key)
@@ -420,6 +533,7 @@ class NodeService:
                         justification = Justification.decode(item)
                         if await self.on_chain(self.chain.add_justification, justification):
                             self._log_finality(justification.source.number)
+                            await self._notify_rpc()
             except (NetworkError, DeltachainError) as exc:
                 log.debug("sync with %s failed: %s", peer[-8:], exc)
         return behind
@@ -430,13 +544,24 @@ class NodeService:
         best = await self.on_chain(self.chain.storage.best_header)
         # Skip what we already share on the canonical chain, but re-fetch a short overlap so a
         # fork point a few blocks back is found.
-        start = max(start, best.number - FORK_OVERLAP)
-        reply = await network.request(
-            peer, protocol, request_blocks(start, MAX_BLOCKS_PER_RESPONSE), timeout=20.0
-        )
+        floor, start = start, max(start, best.number - FORK_OVERLAP)
+        while True:
+            reply = await network.request(
+                peer, protocol, request_blocks(start, MAX_BLOCKS_PER_RESPONSE), timeout=20.0
+            )
+            items = decode_list(reply, "blocks response")
+            # A fork deeper than the overlap (e.g. after a partition, when finality halted):
+            # the first block's parent is unknown, so look further back, at most to just above
+            # our finalized block, which the peer's chain contains.
+            if not items or start <= floor:
+                break
+            parent = Block.decode(items[0]).header.parent_hash
+            if await self.on_chain(self.chain.storage.has_block, parent):
+                break
+            start = max(floor, start - MAX_BLOCKS_PER_RESPONSE)
         imported = 0
         last = start - 1
-        for item in decode_list(reply, "blocks response"):
+        for item in items:
             block = Block.decode(item)
             last = block.number
             if await self._import(block, live=False):
