@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 testnet: $(STAMP)
-	$(BIN)/deltachain node --dev --base-path .testnet/dev
+	$(BIN)/deltachain testnet up --chain genesis.json --dir .testnet --follow
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
