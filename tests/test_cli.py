@@ -246,3 +246,32 @@ def test_bad_transactions_are_rejected_and_the_node_keeps_running(node: str) -> 
     parse = rpc(node, b"{not json")
     assert parse["error"]["code"] == -32700  # type: ignore[index]
     assert call(node, "no_such_method")["error"]["code"] == -32601
+
+
+def test_client_fleet_follows_finality_and_improves(node: str) -> None:
+    proc = run(
+        "client",
+        "run",
+        "--rpc",
+        node,
+        "--task",
+        "sine",
+        "--devices",
+        "3",
+        "--rounds",
+        "2",
+        "--heldout",
+        "2",
+        "--seed",
+        "1",
+        timeout=240,
+    )
+    assert "every one verified" in proc.stdout
+    assert "light client proved by justifications" in proc.stdout
+    losses = [
+        float(line.split("held-out loss")[1].split()[0])
+        for line in proc.stdout.splitlines()
+        if line.startswith("round")
+    ]
+    assert len(losses) == 3
+    assert losses[-1] < losses[0]

@@ -49,6 +49,11 @@ def register(sub: Any) -> None:
     run.add_argument("--admin-key", default="//alice", help="registers device keys if needed")
     run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per round")
     run.add_argument("--semantics", choices=("zero-fill", "present-quorum"), default="zero-fill")
+    run.add_argument(
+        "--trust-node",
+        action="store_true",
+        help="trust the node's finalized head instead of following justifications (light client)",
+    )
     run.add_argument("--eta", default="4/1", help="--local: the model's step size num/den")
     run.add_argument("--trim-beta", default="1/5", help="--local: the model's trimBeta")
     run.set_defaults(func=cmd_client_run)
@@ -71,6 +76,7 @@ def _admin_key(spec: str) -> Any:
 def cmd_client_run(args: argparse.Namespace) -> int:
     from .fleet import Fleet, FleetConfig, local_fleet, write_csv, write_plot
     from .rpc import JsonRpc
+    from .verify import LightVerifier, TrustNodeVerifier
 
     try:
         config = FleetConfig(
@@ -101,13 +107,24 @@ def cmd_client_run(args: argparse.Namespace) -> int:
             progress=sys.stderr,
         )
     else:
-        fleet = Fleet(JsonRpc(args.rpc), config, admin=_admin_key(args.admin_key))
+        fleet = Fleet(
+            JsonRpc(args.rpc),
+            config,
+            admin=_admin_key(args.admin_key),
+            verifier=TrustNodeVerifier if args.trust_node else LightVerifier,
+        )
     result = fleet.run()
     verified = sum(d.verified_downloads for d in fleet.devices + fleet.heldout)
     first, last = result.initial, result.final
+    anchor = (
+        "the node-claimed head"
+        if args.trust_node or args.local
+        else "a finalized state root the light client proved by justifications"
+    )
     print(
         f"held-out {result.metric}: {first:.4f} → {last:.4f} over {config.rounds} rounds; "
-        f"{verified} downloads, every one verified (chunk Merkle proofs + record trie proof)"
+        f"{verified} downloads, every one verified (chunk Merkle proofs + record trie proof "
+        f"to {anchor})"
     )
     if args.csv:
         write_csv(result, Path(args.csv))

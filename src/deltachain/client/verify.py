@@ -5,14 +5,13 @@ Chain of trust (brief §5): weight chunk → (Merkle proof) → ``weightsRoot`` 
 links itself; the last two belong to a :class:`Verifier`, which tells the device which block to
 read and what that block's state root is.
 
-* :class:`TrustNodeVerifier` (the default until the light client lands) **trusts the node's
-  finality claim**: it asks the node for its finalized head and checks only that the returned
-  header hashes to that block hash (so the state root is bound to the hash), not that the block
-  is final. A lying node can still serve a forged chain; a corrupted or tampered download from
-  an honest node's block is always caught.
-* The light client (``deltachain.light``) follows finality by verifying justifications; it plugs
-  in by implementing the same protocol (``finalized_block``, ``trusted_state_root``,
-  ``take_cost``), with no change here.
+* :class:`LightVerifier` (the default for ``client run --rpc``) trusts only finality: a
+  ``deltachain.light`` client follows justifications from the genesis hash.
+* :class:`TrustNodeVerifier` (``--trust-node``, and the in-process ``--local`` chain, which
+  produces no justifications) **trusts the node's finality claim**: it asks the node for its
+  finalized head and checks only that the returned header hashes to that block hash (so the
+  state root is bound to the hash), not that the block is final. A lying node can still serve
+  a forged chain; a corrupted or tampered download from an honest node's block is always caught.
 
 Every failure is a :class:`~deltachain.errors.ProofError` (a bad proof, a chunk of the wrong
 size, a record that does not match, a malformed answer), so a device rejects the download as a
@@ -21,7 +20,7 @@ whole and never trains on unverified weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +31,7 @@ from deltachain.crypto.hashing import Hash32
 from deltachain.crypto.merkle import leaf_hash, verify_merkle_proof
 from deltachain.crypto.trie import TrieProof, verify_proof
 from deltachain.errors import DecodeError, DeltachainError, ProofError
+from deltachain.light.remote import RemoteLightClient, Transport
 from deltachain.model_state.module import key_model
 from deltachain.primitives.block import Header
 from deltachain.runtime.state import key_hash, value_hash
@@ -130,6 +130,74 @@ class TrustNodeVerifier:
         return header.state_root
 
     def take_cost(self) -> VerifierCost:
+        cost, self._cost = self._cost, VerifierCost()
+        return cost
+
+
+def _binary_size(value: Any) -> int:
+    """Bytes a device would receive for a JSON-RPC answer sent as binary (hex counts half)."""
+    if isinstance(value, str):
+        return (len(value) - 2) // 2 if value.startswith("0x") else len(value)
+    if isinstance(value, Mapping):
+        return sum(_binary_size(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_binary_size(v) for v in value)
+    return 8
+
+
+class _CallerTransport(Transport):
+    """The light client's transport over the device's node connection, counting bytes."""
+
+    def __init__(self, node: Caller) -> None:
+        self.node = node
+        self.received = 0
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        result = self.node.call(method, *params)
+        self.received += _binary_size(result)
+        return result
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        return [self.call(method, params) for method, params in calls]
+
+
+class LightVerifier:
+    """Trusts only what finality proves: a ``deltachain.light`` client that starts from the
+    genesis hash and follows justifications (warping across authority-set changes).
+
+    ``finalized_block`` syncs the light client and returns its finalized block; any other
+    block is refused. A node that lies about finality, sets or state is caught here.
+    """
+
+    def __init__(self, node: Caller) -> None:
+        self._transport = _CallerTransport(node)
+        try:
+            genesis = Hash32(_unhex(node.call("chain_getGenesisHash"), "genesis hash", 32))
+            self.remote = RemoteLightClient.bootstrap(genesis, self._transport)
+        except DeltachainError as exc:
+            raise ProofError(f"light client cannot start: {exc}") from None
+        self._cost = VerifierCost()
+
+    def finalized_block(self) -> Hash32:
+        before = self.remote.client.finalized.number
+        try:
+            header = self.remote.sync()
+        except DeltachainError as exc:
+            raise ProofError(f"light client cannot follow finality: {exc}") from None
+        if header.number != before:  # one justification checked (per set: more on a change)
+            self._cost.signature_verifications += len(self.remote.client.authorities)
+        return header.hash
+
+    def trusted_state_root(self, block_hash: Hash32) -> Hash32:
+        finalized = self.remote.client.finalized
+        if block_hash != finalized.hash:
+            raise ProofError("that block is not the light client's finalized block")
+        return finalized.state_root
+
+    def take_cost(self) -> VerifierCost:
+        self._cost.bytes_received += self._transport.received
+        self._cost.hashed_bytes += self._transport.received
+        self._transport.received = 0
         cost, self._cost = self._cost, VerifierCost()
         return cost
 
