@@ -192,6 +192,21 @@ def test_empty_deltas_and_everyone_sends_one_coordinate() -> None:
     assert r.kept[17] == n - 2 * f
 
 
+def test_degenerate_sizes() -> None:
+    u32, i32 = np.uint32, np.int32
+    cases = [
+        ([], [], 5, 0, PRESENT_QUORUM),  # no deltas at all: nothing moves
+        ([], [], 0, 0, PRESENT_QUORUM),
+        ([np.zeros(0, u32)] * 3, [np.zeros(0, i32)] * 3, 0, 1, ZERO_FILL),  # d = 0
+        ([np.zeros(0, u32)] * 3, [np.zeros(0, i32)] * 3, 4, 1, ZERO_FILL),
+    ]
+    for idx, val, d, f, semantics in cases:
+        expected = ref.trimmed_sum_sparse_reference(idx, val, d, f, semantics)
+        assert_same(expected, fast.trimmed_sum_sparse(idx, val, d, f, semantics))
+    empty = np.zeros((3, 0), np.int32)
+    assert_same(ref.trimmed_sum_dense_reference(empty, 1), fast.trimmed_sum_dense(empty, 1))
+
+
 def test_dense_tail_and_block_boundaries() -> None:
     rng = np.random.default_rng(11)
     for d in (127, 128, 129, 511, 512, 513, 1025):
@@ -407,6 +422,8 @@ def test_update_rejects_out_of_bounds(apply: Update) -> None:
         apply(w, result_of([1, 2], [1, 4097]), 1, 1)
     with pytest.raises(ValueError, match="sums"):
         apply(w, result_of([ref.MAX_ABS_SUM + 1, 0], [1, 1]), 1, 1)
+    with pytest.raises(ValueError, match="sums"):
+        apply(w, result_of([-(2**63), 0], [1, 1]), 1, 1)  # |int64 min| overflows np.abs
     with pytest.raises(ValueError, match="weights"):
         apply(w.astype(np.int64), ok, 1, 1)
     with pytest.raises(ValueError, match="length"):

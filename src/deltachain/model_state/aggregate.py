@@ -241,7 +241,7 @@ def apply_update(
     sums, kept = result.sums, result.kept
     if kept.size and (int(kept.min()) < 0 or int(kept.max()) > MAX_CLIENTS):
         raise ValueError(f"kept must be in [0, {MAX_CLIENTS}]")
-    if sums.size and int(np.abs(sums).max()) > MAX_ABS_SUM:
+    if sums.size and (int(sums.min()) < -MAX_ABS_SUM or int(sums.max()) > MAX_ABS_SUM):
         raise ValueError(f"|sums| must be <= {MAX_ABS_SUM}")
 
     moved = kept > 0

@@ -62,18 +62,19 @@ _W: Final = 128
 """Columns per dense block: the ``n x _W`` int32 buffer must stay in L1/L2 (50 KiB at n=100)."""
 
 _SPARSE_BLOCK_ENTRIES: Final = 1 << 18
-"""Target entries per sparse coordinate block, bounded to 1024..16384 coordinates (the
-per-coordinate counters must stay in L2: measured 2x slower at 65536 with 1% density)."""
+"""Target entries per sparse coordinate block, bounded to 1024..32768 coordinates: the
+per-coordinate counters (4 bytes each) must stay in L2; 8-byte counters over 65536
+coordinates measured 2x slower at 1% density."""
 
 _INSERTION_SORT_MAX: Final = 24
 """Columns with at most this many senders are insertion-sorted; longer ones use quicksort."""
 
-_PARALLEL_MIN_WORK: Final = 1 << 24
+_PARALLEL_MIN_WORK: Final = 1 << 21
 """Below this much work (~ns on one core: n*d dense, 5*nnz + d sparse) one thread is used.
 
-Waking a sleeping worker thread costs microseconds on bare metal but was measured at ~8 ms on
-the 2-vCPU VM this was tuned on, more than a whole small aggregation; the result does not
-depend on the thread count, only the time does.
+A fork/join costs tens of microseconds on bare metal, so ~2 ms of work is where a second
+thread starts to pay. (On the shared 2-vCPU VM this was tuned on, waking a worker that had
+slept for 100 ms measured ~8 ms; the results never depend on the thread count.)
 """
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
@@ -698,10 +699,77 @@ def _trim_quorum(keys: np.ndarray, s: int, e: int, f: int, surv: np.ndarray) -> 
     return acc
 
 
-# Per-coordinate counter of one block: senders in bits 0-15, negatives 16-31, positives 32-47.
-_NEG: Final = 1 << 16
-_POS: Final = 1 << 32
-_LOW16: Final = 0xFFFF
+# Per-coordinate int32 counter of one block: senders in bits 0-12 (n <= 4096), negatives in
+# bits 13-25, and bit 30 once a zero was sent. Without a sent zero, positives = senders - negatives.
+_COUNT: Final = (1 << 13) - 1
+_NEG: Final = 1 << 13
+_ZERO: Final = 1 << 30
+
+
+@_jit()
+def _count(ix: np.ndarray, vx: np.ndarray, k: int, b0: int, b1: int, counter: np.ndarray) -> int:
+    """Count one client's entries with b0 <= index < b1, from position k; returns the position
+    after them, or -1 if its indices are not strictly increasing (checked against k - 1 too)."""
+    prev = np.int64(ix[k - 1]) if k > 0 else np.int64(-1)
+    while k < ix.shape[0]:
+        coord = np.int64(ix[k])
+        if coord >= b1:
+            break
+        if coord <= prev:
+            return -1
+        v = vx[k]
+        col = coord - b0
+        counter[col] = (counter[col] + 1 + _NEG * (v < 0)) | (_ZERO * (v == 0))
+        prev = coord
+        k += 1
+    return k
+
+
+@_jit()
+def _count_and_sum(
+    ix: np.ndarray,
+    vx: np.ndarray,
+    k: int,
+    b0: int,
+    b1: int,
+    counter: np.ndarray,
+    sums: np.ndarray,
+) -> int:
+    """:func:`_count` that also adds every value into ``sums`` (f = 0: nothing is trimmed)."""
+    prev = np.int64(ix[k - 1]) if k > 0 else np.int64(-1)
+    while k < ix.shape[0]:
+        coord = np.int64(ix[k])
+        if coord >= b1:
+            break
+        if coord <= prev:
+            return -1
+        counter[coord - b0] += 1
+        sums[coord] += vx[k]
+        prev = coord
+        k += 1
+    return k
+
+
+@_jit()
+def _gather(
+    ix: np.ndarray,
+    vx: np.ndarray,
+    client: int,
+    lo: int,
+    hi: int,
+    b0: int,
+    flag: np.ndarray,
+    slot: np.ndarray,
+    fill: np.ndarray,
+    keys: np.ndarray,
+) -> None:
+    """Append the keys of one client's entries [lo, hi) that fall in flagged coordinates."""
+    for k in range(lo, hi):
+        col = np.int64(ix[k]) - b0
+        if flag[col]:  # an L1-sized byte map: most entries stop here
+            at = fill[col]
+            keys[at] = (np.int64(vx[k]) << 24) | (client << 12) | (at - slot[col])
+            fill[col] = at + 1
 
 
 @_jit(parallel=True)
@@ -717,7 +785,7 @@ def _sparse_kernel(
     survived: np.ndarray,
     scratch: np.ndarray,
 ) -> np.ndarray:
-    """Per coordinate block: (1) one counting pass (senders, negatives, positives); (2) mark
+    """Per coordinate block: (1) one counting pass (senders, negatives, any zero); (2) mark
     the coordinates whose result is not implied by the counts -- zero-fill: more than f
     negatives or positives, or a sent zero; present-quorum: at least 2f + 1 senders -- and
     gather only their keys; (3) sort and trim just those. For f = 0 nothing is trimmed and the
@@ -742,53 +810,48 @@ def _sparse_kernel(
     quorum = 2 * f + 1
     for t in prange(nthreads):
         cursor = starts[t].copy()
-        counter = scratch[t, 0]
-        slot = scratch[t, 1]
-        fill = scratch[t, 2]
-        marked = scratch[t, 3]
+        ends = np.empty(n, np.int64)
+        counter = np.empty(block, np.int32)
+        slot = scratch[t, 0]
+        fill = scratch[t, 1]
+        marked = scratch[t, 2]
+        flag = np.zeros(block, np.bool_)
         keys = np.empty(1024, np.int64)
         surv = survived[t]
         for b0 in range(bounds[t], bounds[t + 1], block):
             b1 = min(bounds[t + 1], b0 + block)
             width = b1 - b0
-            # (1) count; check strict increase on the way
+            # (1) count; check strict increase on the way. Every entry visited is >= b0 (the
+            # previous block stopped at one, or the thread's binary search found one) and
+            # increasing, so it indexes the block's counters in bounds whatever the input.
             counter[:width] = 0
             for i in range(n):
                 ix = _u32_view(idx_addr[i], lengths[i])
                 vx = _i32_view(val_addr[i], lengths[i])
-                k = cursor[i]
-                prev = np.int64(ix[k - 1]) if k > 0 else np.int64(-1)
-                while k < ix.shape[0]:
-                    coord = np.int64(ix[k])
-                    if coord >= b1:
-                        break
-                    if coord <= prev:
-                        bad[t] = i + 1
-                        break
-                    v = vx[k]
-                    counter[coord - b0] += 1 + _NEG * (v < 0) + _POS * (v > 0)
-                    if f == 0:
-                        sums[coord] += v
-                    prev = coord
-                    k += 1
+                if f == 0:
+                    k = _count_and_sum(ix, vx, cursor[i], b0, b1, counter, sums)
+                else:
+                    k = _count(ix, vx, cursor[i], b0, b1, counter)
+                if k < 0:
+                    bad[t] = i + 1
+                    break
+                ends[i] = k
             if bad[t] != 0:
                 break
             if f == 0:
                 if not zero_fill:
                     for j in range(width):
-                        kept[b0 + j] = counter[j] & _LOW16
-                for i in range(n):
-                    cursor[i] = _lower_bound(_u32_view(idx_addr[i], lengths[i]), b1)
+                        kept[b0 + j] = counter[j] & _COUNT
+                cursor[:] = ends
                 continue
             # (2) which coordinates need their keys (a vectorised test first: usually none)
             needy = False
             for j in range(width):
                 cnt = counter[j]
-                senders = cnt & _LOW16
+                senders = cnt & _COUNT
                 if zero_fill:
-                    neg = (cnt >> 16) & _LOW16
-                    pos = cnt >> 32
-                    needy |= (neg > f) | (pos > f) | (neg + pos < senders)
+                    neg = (cnt >> 13) & _COUNT
+                    needy |= (neg > f) | (senders - neg > f) | (cnt >= _ZERO)
                 else:
                     needy |= senders >= quorum
             nmarked = 0
@@ -796,11 +859,10 @@ def _sparse_kernel(
             if needy:
                 for j in range(width):
                     cnt = counter[j]
-                    senders = cnt & _LOW16
+                    senders = cnt & _COUNT
                     if zero_fill:
-                        neg = (cnt >> 16) & _LOW16
-                        pos = cnt >> 32
-                        need = neg > f or pos > f or neg + pos < senders
+                        neg = (cnt >> 13) & _COUNT
+                        need = neg > f or senders - neg > f or cnt >= _ZERO
                     else:
                         need = senders >= quorum
                     if need:
@@ -809,31 +871,19 @@ def _sparse_kernel(
                         total += senders
                         marked[nmarked] = j
                         nmarked += 1
-                    else:
-                        slot[j] = -1
+                        flag[j] = True
             if nmarked > 0:
                 if keys.shape[0] < total:
                     keys = np.empty(max(total, 2 * keys.shape[0]), np.int64)
                 for i in range(n):
                     ix = _u32_view(idx_addr[i], lengths[i])
                     vx = _i32_view(val_addr[i], lengths[i])
-                    k = cursor[i]
-                    while k < ix.shape[0]:
-                        col = np.int64(ix[k]) - b0
-                        if col >= width:
-                            break
-                        at = fill[col]
-                        if slot[col] >= 0:
-                            keys[at] = (np.int64(vx[k]) << 24) | (i << 12) | (at - slot[col])
-                            fill[col] = at + 1
-                        k += 1
-                    cursor[i] = k
-            else:
-                for i in range(n):
-                    cursor[i] = _lower_bound(_u32_view(idx_addr[i], lengths[i]), b1)
+                    _gather(ix, vx, i, cursor[i], ends[i], b0, flag, slot, fill, keys)
+            cursor[:] = ends
             # (3) trim the marked coordinates
             for m in range(nmarked):
                 j = marked[m]
+                flag[j] = False
                 s = slot[j]
                 e = fill[j]
                 if zero_fill:
@@ -849,9 +899,15 @@ def _sparse_kernel(
     return bad
 
 
-def _address(a: np.ndarray) -> int:
-    address: int = a.__array_interface__["data"][0]
-    return address
+def _addresses(arrays: Sequence[np.ndarray], keep: list[np.ndarray]) -> np.ndarray:
+    """Data addresses of C-contiguous versions of ``arrays``; copies made go into ``keep``."""
+    out = np.empty(len(arrays), dtype=np.int64)
+    for i, a in enumerate(arrays):
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+            keep.append(a)
+        out[i] = a.__array_interface__["data"][0]
+    return out
 
 
 def trimmed_sum_sparse(
@@ -870,22 +926,23 @@ def trimmed_sum_sparse(
     Raises ValueError: as the reference (including unsorted or out-of-range indices).
     """
     n = check_sparse_shapes(indices, values, d, f, semantics)
-    # The kernel reads raw memory: insist on C order (a copy only for odd views); `keep` holds
-    # every array the addresses point into until the kernel has returned.
-    keep = [np.ascontiguousarray(a) for a in indices] + [np.ascontiguousarray(a) for a in values]
-    idx_addr = np.array([_address(a) for a in keep[:n]], dtype=np.int64)
-    val_addr = np.array([_address(a) for a in keep[n:]], dtype=np.int64)
-    lengths = np.array([a.shape[0] for a in keep[:n]], dtype=np.int64)
+    # The kernel reads raw memory: C order (a copy only for odd views), and every array the
+    # addresses point into stays referenced -- by the caller's sequences or by `keep` -- until
+    # the kernel has returned.
+    keep: list[np.ndarray] = []
+    idx_addr = _addresses(indices, keep)
+    val_addr = _addresses(values, keep)
+    lengths = np.array([a.shape[0] for a in indices], dtype=np.int64)
     nnz = int(lengths.sum())
     per_column = max(1, nnz // max(d, 1))
-    block = max(1024, min(1 << 14, _SPARSE_BLOCK_ENTRIES // per_column))
+    block = max(1024, min(1 << 15, _SPARSE_BLOCK_ENTRIES // per_column))
     # Outputs and scratch come from numpy: large numpy buffers are backed by huge pages where
     # the kernel allows it, and page faults from two threads at once are slow on small VMs.
     sums = np.zeros(d, np.int64)
     kept = np.full(d, n - 2 * f if semantics == ZERO_FILL else 0, np.int32)
     with _threads_for(5 * nnz + d) as nthreads:
         survived = np.zeros((nthreads, n), np.int64)
-        scratch = np.empty((nthreads, 4, block), np.int64)
+        scratch = np.empty((nthreads, 3, block), np.int64)
         bad = _sparse_kernel(
             idx_addr, val_addr, lengths, d, f, semantics == ZERO_FILL, sums, kept, survived, scratch
         )
