@@ -112,10 +112,16 @@ Kernel = Callable[
 ]
 
 
-def _numba_kernel() -> Kernel:
+Update = Callable[[np.ndarray, aggregate.AggregateResult, int, int], np.ndarray]
+
+
+def _kernels(name: str) -> tuple[Kernel, Update]:
+    """The trimmed-sum kernel and the update step: both byte-identical across implementations."""
+    if name == "reference":
+        return aggregate.trimmed_sum_sparse_reference, aggregate.apply_update
     from deltachain.model_state import aggregate_numba
 
-    return aggregate_numba.trimmed_sum_sparse
+    return aggregate_numba.trimmed_sum_sparse, aggregate_numba.apply_update
 
 
 class ModelStateModule(Module):
@@ -127,19 +133,22 @@ class ModelStateModule(Module):
         if kernel not in ("numba", "reference"):
             raise ValueError("kernel must be numba or reference")
         self._kernel_name = kernel
-        self._kernel: Kernel | None = None
+        self._kernels: tuple[Kernel, Update] | None = None
         self._configs: dict[bytes, ModelConfig] = {}
         self.last_aggregation_seconds = 0.0
 
+    def _loaded(self) -> tuple[Kernel, Update]:
+        if self._kernels is None:
+            self._kernels = _kernels(self._kernel_name)
+        return self._kernels
+
     @property
     def kernel(self) -> Kernel:
-        if self._kernel is None:
-            self._kernel = (
-                aggregate.trimmed_sum_sparse_reference
-                if self._kernel_name == "reference"
-                else _numba_kernel()
-            )
-        return self._kernel
+        return self._loaded()[0]
+
+    @property
+    def update(self) -> Update:
+        return self._loaded()[1]
 
     def warm_up(self) -> None:
         if self._kernel_name == "numba":
@@ -316,7 +325,7 @@ class ModelStateModule(Module):
         started = time.perf_counter()
         result = self.kernel(indices, values, config.num_params, f, config.semantics)
         old = self.weights(state, config)
-        new = aggregate.apply_update(old, result, config.eta.num, config.eta.den)
+        new = self.update(old, result, config.eta.num, config.eta.den)
         self.last_aggregation_seconds = time.perf_counter() - started
 
         leaves_raw = state.get(key_leaves(config.id)) or b""
