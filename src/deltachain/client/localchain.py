@@ -37,19 +37,7 @@ AUTHOR = Keypair.dev("alice")
 INVALID_TRANSACTION = 1010
 INVALID_PARAMS = -32602
 
-SINE_MODEL: dict[str, Any] = {
-    **copy.deepcopy(DEV_MODEL),
-    "layers": [
-        {"name": "hidden1.w", "shape": [1, 40], "kind": "global", "initStd": "1/1"},
-        # Non-zero first-layer biases: with zero biases every ReLU kink of a 1-D input sits at
-        # x = 0 and the first layer spans only two functions, which stalls learning.
-        {"name": "hidden1.b", "shape": [40], "kind": "global", "initStd": "2/1"},
-        {"name": "hidden2.w", "shape": [40, 40], "kind": "global", "initStd": "2/9"},
-        {"name": "hidden2.b", "shape": [40], "kind": "global", "initStd": "0/1"},
-        {"name": "out.w", "shape": [40, 1], "kind": "local", "initStd": "2/9"},
-        {"name": "out.b", "shape": [1], "kind": "local", "initStd": "0/1"},
-    ],
-}
+SINE_MODEL: dict[str, Any] = copy.deepcopy(DEV_MODEL)
 """The sine MLP 1→40→40→1 with a local output layer (partial local reconstruction)."""
 
 DIGITS_MODEL: dict[str, Any] = {
