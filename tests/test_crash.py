@@ -58,8 +58,12 @@ class NodeProcess:
         self.port = int(args[args.index("--rpc-port") + 1])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "deltachain.node.cli", "node", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace",
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"},
         )
         self.lines: list[str] = []
@@ -82,8 +86,9 @@ class NodeProcess:
         with self._cond:
             return "\n".join(self.lines[-40:])
 
-    def wait_for(self, pattern: re.Pattern[str], *, start: int = 0,
-                 timeout: float = WAIT_S) -> re.Match[str]:
+    def wait_for(
+        self, pattern: re.Pattern[str], *, start: int = 0, timeout: float = WAIT_S
+    ) -> re.Match[str]:
         """The first match in stderr lines from index ``start`` on; fails on timeout or exit."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -98,8 +103,10 @@ class NodeProcess:
                 if self._eof or remaining <= 0:
                     break
                 self._cond.wait(min(remaining, 0.5))
-        raise AssertionError(f"no line matching {pattern.pattern!r} within {timeout} s "
-                             f"(exit status {self.proc.poll()}); log:\n{self.log()}")
+        raise AssertionError(
+            f"no line matching {pattern.pattern!r} within {timeout} s "
+            f"(exit status {self.proc.poll()}); log:\n{self.log()}"
+        )
 
     def authored(self) -> list[tuple[int, str]]:
         with self._cond:
@@ -123,8 +130,11 @@ class NodeProcess:
 
     def rpc(self, method: str, *params: Any) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=5) as response:
             reply = json.loads(response.read())
         if "error" in reply:
@@ -162,12 +172,22 @@ def spec_file(tmp_path: Path, spec: ChainSpec) -> Path:
 
 
 def node_args(spec_file: Path, base: Path, port: int | None = None) -> list[str]:
-    return ["--chain", str(spec_file), "--key", "//alice", "--validator",
-            "--base-path", str(base), "--rpc-port", str(port or free_port())]
+    return [
+        "--chain",
+        str(spec_file),
+        "--key",
+        "//alice",
+        "--validator",
+        "--base-path",
+        str(base),
+        "--rpc-port",
+        str(port or free_port()),
+    ]
 
 
-def submit(node: NodeProcess, genesis: Hash32, nonce: int, function: str,
-           args: dict[str, Any]) -> str:
+def submit(
+    node: NodeProcess, genesis: Hash32, nonce: int, function: str, args: dict[str, Any]
+) -> str:
     tx = sign_transaction(ALICE, genesis, nonce, "system", function, args)
     return str(node.rpc("author_submitExtrinsic", "0x" + tx.encode().hex()))
 
@@ -229,7 +249,8 @@ def test_kill_9_at_random_moments_loses_nothing(
         assert canon[-1][1] == best.hash
         for number, prefix in printed.items():
             assert storage.canonical_hash(number).hex().startswith(prefix), (
-                f"block #{number} printed as 0x{prefix}… is not in the chain {context}")
+                f"block #{number} printed as 0x{prefix}… is not in the chain {context}"
+            )
         assert best.number >= last_printed
 
         # Re-execute every stored block from genesis in memory.
@@ -246,8 +267,13 @@ def test_kill_9_at_random_moments_loses_nothing(
             assert block.number == number
             assert block.header.parent_hash == parent.hash, f"#{number} breaks the chain {context}"
             parent_state = State(store, parent.state_root)
-            verify_header(block.header, parent, system.get_authorities(parent_state),
-                          genesis.hash, now_slot=None)
+            verify_header(
+                block.header,
+                parent,
+                system.get_authorities(parent_state),
+                genesis.hash,
+                now_slot=None,
+            )
             output = apply_block(runtime, parent_state, block, genesis.hash)
             assert output.diff.root == block.header.state_root
             assert storage.block_events(block_hash) == events_blob(output)
@@ -268,8 +294,13 @@ def test_kill_9_at_random_moments_loses_nothing(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_stops_cleanly(tmp_path: Path, spec: ChainSpec, spec_file: Path, sig: int,
-                              start_node: Callable[..., NodeProcess]) -> None:
+def test_signal_stops_cleanly(
+    tmp_path: Path,
+    spec: ChainSpec,
+    spec_file: Path,
+    sig: int,
+    start_node: Callable[..., NodeProcess],
+) -> None:
     base = tmp_path / "node"
     node = start_node(*node_args(spec_file, base))
     node.wait_for(AUTHORED)
@@ -338,7 +369,10 @@ def test_node_refuses_foreign_or_corrupt_database(
     before = {p.name: _digest(p) for p in base.iterdir()}
     proc = subprocess.run(
         [sys.executable, "-m", "deltachain.node.cli", "node", *node_args(spec_file, base)],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
@@ -357,7 +391,10 @@ def test_node_refuses_a_base_path_in_use(
     first.wait_for(AUTHORED)
     proc = subprocess.run(
         [sys.executable, "-m", "deltachain.node.cli", "node", *node_args(spec_file, base)],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
@@ -375,9 +412,17 @@ def test_node_refuses_a_busy_rpc_port(tmp_path: Path, spec_file: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "deltachain.node.cli", "node",
-             *node_args(spec_file, tmp_path / "node", port)],
-            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "deltachain.node.cli",
+                "node",
+                *node_args(spec_file, tmp_path / "node", port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
         )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr

@@ -57,8 +57,14 @@ def author(chain: Chain, count: int, *, remarks: bool = False) -> list[Block]:
         head = chain.storage.best_header()
         if remarks:
             nonce = system.get_nonce(chain.best_state(), ALICE.address)
-            tx = sign_transaction(ALICE, chain.genesis_hash, nonce, "system", "remark",
-                                  {"data": f"remark {nonce}".encode()})
+            tx = sign_transaction(
+                ALICE,
+                chain.genesis_hash,
+                nonce,
+                "system",
+                "remark",
+                {"data": f"remark {nonce}".encode()},
+            )
             chain.submit_transaction(tx.encode())
         result = chain.author_block(Slot(head.slot + 1), ALICE)
         assert result is not None
@@ -129,8 +135,9 @@ def test_bad_block_is_not_stored(tmp_path: Path, chain: Chain) -> None:
     (block,) = author(chain, 1, remarks=True)
     follower = open_chain(tmp_path / "follower")
     try:
-        bad = Block(dataclasses.replace(block.header, state_root=Hash32(bytes(32))),
-                    block.transactions)
+        bad = Block(
+            dataclasses.replace(block.header, state_root=Hash32(bytes(32))), block.transactions
+        )
         with pytest.raises(InvalidBlock):
             follower.import_block(bad, now_slot=None)
         assert follower.storage.best_hash() == follower.genesis_hash
@@ -148,8 +155,9 @@ def test_open_without_create_needs_a_database(tmp_path: Path) -> None:
     try:
         genesis = c.storage.block(c.genesis_hash)
         with pytest.raises(StorageError, match="no chain database"):
-            Storage.open(tmp_path / "other", genesis, State(c.storage).commit_root(), SPEC.id,
-                         create=False)
+            Storage.open(
+                tmp_path / "other", genesis, State(c.storage).commit_root(), SPEC.id, create=False
+            )
         assert not (tmp_path / "other").exists()
     finally:
         c.close()
@@ -182,8 +190,10 @@ def test_second_writer_is_refused_but_readers_are_not(tmp_path: Path, chain: Cha
     [
         pytest.param(dataclasses.replace(SPEC, id="some_other_chain"), id="other-id"),
         pytest.param(dev_chain_spec(slot_ms=200), id="other-slot-ms"),
-        pytest.param(dataclasses.replace(SPEC, authorities=(Keypair.dev("bob").address,)),
-                     id="other-authorities"),
+        pytest.param(
+            dataclasses.replace(SPEC, authorities=(Keypair.dev("bob").address,)),
+            id="other-authorities",
+        ),
     ],
 )
 def test_foreign_database_is_refused(tmp_path: Path, other: ChainSpec) -> None:
@@ -224,21 +234,27 @@ def _deltachain_db_edited(sql: str):  # type: ignore[no-untyped-def]
         conn.execute(sql)
         conn.commit()
         conn.close()
+
     return make
 
 
 CORRUPTIONS = [
     pytest.param(_random_bytes, id="random-bytes"),
     pytest.param(_unrelated_sqlite, id="unrelated-sqlite"),
-    pytest.param(_deltachain_db_edited("DELETE FROM meta WHERE key='genesis_hash'"),
-                 id="meta-genesis-deleted"),
-    pytest.param(_deltachain_db_edited("DELETE FROM meta WHERE key='best'"),
-                 id="meta-best-deleted"),
+    pytest.param(
+        _deltachain_db_edited("DELETE FROM meta WHERE key='genesis_hash'"),
+        id="meta-genesis-deleted",
+    ),
+    pytest.param(
+        _deltachain_db_edited("DELETE FROM meta WHERE key='best'"), id="meta-best-deleted"
+    ),
     pytest.param(_deltachain_db_edited("DELETE FROM meta"), id="meta-emptied"),
     pytest.param(_deltachain_db_edited("DROP TABLE blocks"), id="blocks-table-dropped"),
     pytest.param(_deltachain_db_edited("DELETE FROM nodes"), id="state-deleted"),
-    pytest.param(_deltachain_db_edited("UPDATE meta SET value=x'ff' WHERE key='schema_version'"),
-                 id="bad-schema-version"),
+    pytest.param(
+        _deltachain_db_edited("UPDATE meta SET value=x'ff' WHERE key='schema_version'"),
+        id="bad-schema-version",
+    ),
 ]
 
 
