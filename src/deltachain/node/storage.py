@@ -507,9 +507,11 @@ class Storage:
             raise NotFound(f"no canonical block at height {number}")
         return Hash32(bytes(row[0]))
 
-    def canonical_hashes(self, start: int = 0) -> Iterable[tuple[int, Hash32]]:
+    def canonical_hashes(self, start: int = 0, limit: int = -1) -> Iterable[tuple[int, Hash32]]:
+        """Canonical (number, hash) pairs from ``start``; ``limit`` caps them (-1: all)."""
         rows = self._conn.execute(
-            "SELECT number, hash FROM canon WHERE number >= ? ORDER BY number", (start,)
+            "SELECT number, hash FROM canon WHERE number >= ? ORDER BY number LIMIT ?",
+            (start, limit),
         ).fetchall()
         return [(int(n), Hash32(bytes(h))) for n, h in rows]
 

@@ -100,7 +100,7 @@ def serve(chain: Chain, request: bytes) -> bytes:
         count = min(as_uint64(obj[2], "count"), MAX_BLOCKS_PER_RESPONSE)
         out: list[bytes] = []
         size = 0
-        for _, block_hash in storage.canonical_hashes(start):
+        for _, block_hash in storage.canonical_hashes(start, count):
             if len(out) >= count:
                 break
             encoded = storage.block(block_hash).encode()
