@@ -57,6 +57,8 @@ SYNC_INTERVAL_S = 1.0
 STARTUP_SYNC_WAIT_S = 3.0
 """A validator with no reachable peer authors alone after this long (a fresh network)."""
 FORK_OVERLAP = 8
+SHUTDOWN_GRACE_S = 3.0
+"""How long a stopping node waits for the block it is authoring to be stored and logged."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +310,12 @@ class NodeService:
                 if task is not stopper and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
+            # The slot loop sees the stop event after its current slot: let a block being
+            # authored finish (and be logged and announced) rather than cut it off.
+            slots = tasks[0]
+            if self.stop.is_set() and not slots.done():
+                with contextlib.suppress(TimeoutError, Exception):
+                    await asyncio.wait_for(asyncio.shield(slots), timeout=SHUTDOWN_GRACE_S)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
