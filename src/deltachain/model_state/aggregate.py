@@ -226,6 +226,17 @@ def check_update_inputs(
         raise ValueError(f"eta_num and eta_den must be in [1, {MAX_ETA}]")
 
 
+def round_half_even_div(num: np.ndarray, den: np.ndarray | int) -> Int64Array:
+    """``num / den`` rounded half to even, exactly, for int64 arrays; ``den`` must be > 0.
+
+    The one rounding rule of consensus math: the update step and seeded genesis weights use it.
+    """
+    q, r = np.divmod(num, den)  # num = q * den + r with 0 <= r < den
+    twice_r = 2 * r
+    rounded: Int64Array = q + ((twice_r > den) | ((twice_r == den) & ((q & 1) == 1)))
+    return rounded
+
+
 def apply_update(
     weights: np.ndarray, result: AggregateResult, eta_num: int, eta_den: int
 ) -> Int32Array:
@@ -247,10 +258,7 @@ def apply_update(
     moved = kept > 0
     num = np.int64(eta_num) * sums[moved]
     den = np.int64(eta_den) * kept[moved].astype(np.int64)  # > 0, so divmod floors
-    q, r = np.divmod(num, den)  # num = q * den + r with 0 <= r < den
-    twice_r = 2 * r
-    q += (twice_r > den) | ((twice_r == den) & ((q & 1) == 1))  # round half to even
     out = weights.astype(np.int64)
-    out[moved] += q
+    out[moved] += round_half_even_div(num, den)
     np.clip(out, INT32_MIN, INT32_MAX, out=out)
     return out.astype(np.int32)

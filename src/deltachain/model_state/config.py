@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from deltachain.errors import ChainSpecError
+from deltachain.model_state.aggregate import round_half_even_div
 
 ZERO_FILL = "zero-fill"
 PRESENT_QUORUM = "present-quorum"
@@ -227,14 +228,6 @@ def _shake_normal(seed: int, layer_index: int, size: int) -> np.ndarray:
     return normal
 
 
-def _round_div(num: np.ndarray, den: int) -> np.ndarray:
-    """Round half to even of num/den for int64 arrays (den > 0)."""
-    q, r = np.divmod(num, den)
-    twice = 2 * r
-    rounded: np.ndarray = q + ((twice > den) | ((twice == den) & (q % 2 == 1)))
-    return rounded
-
-
 def initial_weights(config: ModelConfig) -> np.ndarray:
     """Genesis weights as int32 fixed point with ``frac_bits`` fractional bits."""
     init = config.init
@@ -251,7 +244,7 @@ def initial_weights(config: ModelConfig) -> np.ndarray:
             std = layer.init_std or default_std
             normal = _shake_normal(seed, index, layer.size)  # 2^-24 units
             # w = normal · std in 2^-F units = normal · std.num · 2^F / (std.den · 2^24)
-            scaled = _round_div(normal * std.num, std.den * (1 << (24 - config.frac_bits)))
+            scaled = round_half_even_div(normal * std.num, std.den * (1 << (24 - config.frac_bits)))
             parts.append(np.clip(scaled, -(1 << 31), (1 << 31) - 1).astype(np.int32))
         return np.concatenate(parts)
     if kind == "file":
