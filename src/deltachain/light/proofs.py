@@ -243,7 +243,8 @@ def verify_record(
     return view
 
 
-def _unhex(value: Any, what: str) -> bytes:
+def unhex(value: Any, what: str) -> bytes:
+    """0x-hex from a node's JSON answer; raises DecodeError on anything else."""
     if not isinstance(value, str) or not value.startswith("0x"):
         raise DecodeError(f"{what} must be a 0x-prefixed hex string")
     try:
@@ -283,10 +284,10 @@ class ChunkProof:
         return cls(
             model_id=model_id,
             index=index,
-            chunk=_unhex(obj.get("chunk"), "chunk"),
-            merkle_proof=tuple([as_hash32(_unhex(p, "proof hash"), "proof hash") for p in path]),
-            record=_unhex(obj.get("record"), "record"),
-            record_proof=TrieProof.decode(_unhex(obj.get("recordProof"), "recordProof")),
-            state_root=as_hash32(_unhex(obj.get("stateRoot"), "stateRoot"), "stateRoot"),
-            block_hash=as_hash32(_unhex(obj.get("blockHash"), "blockHash"), "blockHash"),
+            chunk=unhex(obj.get("chunk"), "chunk"),
+            merkle_proof=tuple([as_hash32(unhex(p, "proof hash"), "proof hash") for p in path]),
+            record=unhex(obj.get("record"), "record"),
+            record_proof=TrieProof.decode(unhex(obj.get("recordProof"), "recordProof")),
+            state_root=as_hash32(unhex(obj.get("stateRoot"), "stateRoot"), "stateRoot"),
+            block_hash=as_hash32(unhex(obj.get("blockHash"), "blockHash"), "blockHash"),
         )

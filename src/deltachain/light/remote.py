@@ -38,7 +38,7 @@ from deltachain.errors import DecodeError, NetworkError
 from deltachain.light.client import LightClient, Verifier
 from deltachain.light.errors import StaleData
 from deltachain.light.keys import KEY_AUTHORITIES, KEY_SET_ID
-from deltachain.light.proofs import ChunkProof, ModelRecordView, SetProof
+from deltachain.light.proofs import ChunkProof, ModelRecordView, SetProof, unhex
 from deltachain.primitives.block import Header
 from deltachain.primitives.types import (
     BlockNumber,
@@ -140,17 +140,8 @@ class HttpTransport(Transport):
         return [self._result(by_id.get(req["id"])) for req in requests]
 
 
-def _hex(value: Any, what: str) -> bytes:
-    if not isinstance(value, str) or not value.startswith("0x"):
-        raise DecodeError(f"{what} must be a 0x-prefixed hex string")
-    try:
-        return bytes.fromhex(value[2:])
-    except ValueError:
-        raise DecodeError(f"{what} is not valid hex") from None
-
-
 def _hex_or_none(value: Any, what: str) -> bytes | None:
-    return None if value is None else _hex(value, what)
+    return None if value is None else unhex(value, what)
 
 
 def _0x(data: bytes) -> str:
@@ -161,16 +152,16 @@ def header_from_json(obj: Any) -> Header:
     """Rebuild a header from ``chain_getHeader``'s JSON; the caller checks its hash."""
     if not isinstance(obj, dict):
         raise DecodeError("a header is a JSON object")
-    seal = _hex(obj.get("seal"), "seal")
+    seal = unhex(obj.get("seal"), "seal")
     if len(seal) not in (0, 64):
         raise DecodeError("header seal must be empty or 64 bytes")
     return Header(
-        parent_hash=as_hash32(_hex(obj.get("parentHash"), "parentHash"), "parentHash"),
+        parent_hash=as_hash32(unhex(obj.get("parentHash"), "parentHash"), "parentHash"),
         number=BlockNumber(as_uint64(obj.get("number"), "number")),
         slot=Slot(as_uint64(obj.get("slot"), "slot")),
-        state_root=as_hash32(_hex(obj.get("stateRoot"), "stateRoot"), "stateRoot"),
-        extrinsics_root=as_hash32(_hex(obj.get("extrinsicsRoot"), "extrinsicsRoot")),
-        author=as_address(_hex(obj.get("author"), "author"), "author"),
+        state_root=as_hash32(unhex(obj.get("stateRoot"), "stateRoot"), "stateRoot"),
+        extrinsics_root=as_hash32(unhex(obj.get("extrinsicsRoot"), "extrinsicsRoot")),
+        author=as_address(unhex(obj.get("author"), "author"), "author"),
         seal=Signature(seal),
     )
 
@@ -192,7 +183,7 @@ def fetch_set_proof(transport: Transport, block_hash: Hash32) -> SetProof:
     if read.get("at") != at or len(read["proof"]) != 2:
         raise DecodeError("state_getReadProof answered for another block or other keys")
     set_id_proof, authorities_proof = (
-        TrieProof.decode(_hex(p, "read proof")) for p in read["proof"]
+        TrieProof.decode(unhex(p, "read proof")) for p in read["proof"]
     )
     return SetProof(
         _hex_or_none(set_id, "set id"),
@@ -222,21 +213,21 @@ class RemoteLightClient:
 
     def check_chain(self) -> None:
         """Raises RemoteError if the node serves another chain."""
-        genesis = _hex(self._call("chain_getGenesisHash", []), "genesis hash")
+        genesis = unhex(self._call("chain_getGenesisHash", []), "genesis hash")
         if genesis != self.client.genesis_hash:
             raise RemoteError(f"the node serves chain 0x{genesis.hex()[:16]}…, not ours")
 
     def finalized_head(self) -> Hash32:
-        return as_hash32(_hex(self._call("chain_getFinalizedHead", []), "finalized head"))
+        return as_hash32(unhex(self._call("chain_getFinalizedHead", []), "finalized head"))
 
     def justification(self, block_hash: Hash32) -> Justification | None:
         raw = self._call("chain_getJustification", [_0x(block_hash)])
-        return None if raw is None else Justification.decode(_hex(raw, "justification"))
+        return None if raw is None else Justification.decode(unhex(raw, "justification"))
 
     def prove_finality(self, number: int) -> Justification | None:
         """The justification of the newest block the node finalized at or below ``number``."""
         raw = self._call("finality_proveFinality", [number])
-        return None if raw is None else Justification.decode(_hex(raw, "justification"))
+        return None if raw is None else Justification.decode(unhex(raw, "justification"))
 
     def set_proof(self, block_hash: Hash32) -> SetProof:
         """``system/set_id`` and ``system/authorities`` with their proofs at ``block_hash``."""
