@@ -13,7 +13,14 @@ from deltachain.crypto.merkle import leaf_hash, verify_merkle_proof
 from deltachain.crypto.trie import trie_prove, verify_proof
 from deltachain.errors import ChainSpecError, InvalidCall, Unauthorized
 from deltachain.model_state.config import parse_model
-from deltachain.model_state.delta import SubmitDelta, dequantize, quantize_top_p
+from deltachain.model_state.delta import (
+    MAX_DELTA_ENTRIES,
+    SubmitDelta,
+    decode_gaps,
+    dequantize,
+    encode_gaps,
+    quantize_top_p,
+)
 from deltachain.model_state.module import (
     DuplicateDelta,
     ModelStateModule,
@@ -125,26 +132,6 @@ def test_file_init_is_pinned(tmp_path: Any) -> None:
 def invalid_cases() -> list[tuple[str, Any, type[Exception], str]]:
     return [
         (
-            "unsorted",
-            lambda d: {
-                **d.__dict__,
-                "indices": d.indices[::-1].copy(),
-                "values": d.values[::-1].copy(),
-            },
-            InvalidCall,
-            "strictly increasing",
-        ),
-        (
-            "duplicate index",
-            lambda d: {
-                **d.__dict__,
-                "indices": np.array([1, 1], np.uint32),
-                "values": np.array([1, 1], np.int8),
-            },
-            InvalidCall,
-            "strictly increasing",
-        ),
-        (
             "out of range",
             lambda d: {
                 **d.__dict__,
@@ -201,17 +188,100 @@ def test_invalid_deltas_are_rejected(
 def test_wire_shape_errors() -> None:
     chain = new_chain()
     args = make_delta(chain, 1).to_args()
+    n = len(args["values"])
+    assert len(args["gaps"]) == n  # Top-20% of 1 761: every gap fits one byte
     for broken, message in [
-        ({**args, "indices": args["indices"][:-1]}, "multiple of 4"),
-        ({**args, "values": args["values"][:-1]}, "indices but"),
+        ({**args, "gaps": args["gaps"][:-1]}, f"{n - 1} gap bytes for {n} values"),
+        ({**args, "gaps": args["gaps"] + b"\x01"}, f"{n + 1} gaps but {n} values"),
+        ({**args, "values": args["values"][:-1]}, f"{n} gaps but {n - 1} values"),
+        ({**args, "gaps": "0x01"}, "must be bytes"),
         ({**args, "extra": 1}, "takes model"),
         ({k: v for k, v in args.items() if k != "exp"}, "takes model"),
+        ({k: v for k, v in args.items() if k != "gaps"}, "takes model"),
         ({**args, "baseVersion": -1}, "unsigned"),
         ({**args, "lossPre": "high"}, "lossPre"),
     ]:
         tx = chain.tx(BOB, "model_state", "submit_delta", broken)
         with pytest.raises(InvalidCall, match=message):
             check_transaction(chain.runtime, chain.state(), tx, chain.genesis_hash)
+
+
+@pytest.mark.parametrize(
+    ("gaps", "values", "message"),
+    [
+        (b"", b"", "empty"),
+        (b"\x81", b"\x01", "truncated"),
+        (b"\x05\x81", b"\x01\x01", "truncated"),
+        (b"\x80\x00", b"\x01", "not minimal"),
+        (b"\x05\x80\x00", b"\x01\x01", "not minimal"),
+        (b"\x80\x80\x80\x80\x80\x01\x01", b"\x01\x01", "longer than 5"),
+        (b"\x01" * 6, b"\x01", "6 gap bytes for 1 values"),
+        (b"\x85\x01", b"\x01\x01", "1 gaps but 2 values"),
+        (b"\xff\xff\xff\xff\x10", b"\x01", "over the uint32 range"),
+        (b"\xff\xff\xff\xff\x0f\x01", b"\x01\x01", "runs past the uint32 range"),
+        (b"\x05\x00", b"\x01\x01", "strictly increasing"),
+        (b"\x01" * (MAX_DELTA_ENTRIES + 1), b"\x01" * (MAX_DELTA_ENTRIES + 1), "over the limit"),
+        (b"\xff\xff\xff\xff\x0f", b"\x01", "index 4294967295 is out of range"),
+        (b"\xba\x0d", b"\x01", "index 1722 is in a local layer"),
+    ],
+)
+def test_malformed_gaps_are_rejected(gaps: bytes, values: bytes, message: str) -> None:
+    chain = new_chain()
+    args = {**make_delta(chain, 1).to_args(), "gaps": gaps, "values": values}
+    tx = chain.tx(BOB, "model_state", "submit_delta", args)
+    with pytest.raises(InvalidCall, match=message):
+        check_transaction(chain.runtime, chain.state(), tx, chain.genesis_hash)
+
+
+def _leb128(value: int) -> bytes:
+    """Unsigned LEB128, written the obvious way (the reference for the vectorised codec)."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def test_gaps_round_trip_against_a_reference_leb128() -> None:
+    rng = np.random.default_rng(7)
+    cases = [np.array([0], np.uint32), np.array([2**32 - 1], np.uint32)]
+    cases.append(np.array([0, 1, 127, 128, 255, 16_511, 2**21 + 5, 2**32 - 1], np.uint32))
+    for n, d in [(1, 10), (50, 2000), (3000, 10**6), (500, 2**32)]:
+        cases.append(np.unique(rng.integers(0, d, n, dtype=np.int64)).astype(np.uint32))
+    for idx in cases:
+        gaps = np.diff(idx.astype(np.int64), prepend=0)
+        raw = encode_gaps(idx)
+        assert raw == b"".join(_leb128(int(g)) for g in gaps)
+        back = decode_gaps(raw, idx.size)
+        assert back.dtype == np.uint32
+        assert np.array_equal(back, idx)
+    dense_top_p = np.sort(rng.choice(2400, 360, replace=False)).astype(np.uint32)
+    assert len(encode_gaps(dense_top_p)) == 360  # Top-15%: one byte of index a coordinate
+
+
+def test_gaps_are_canonical_every_accepted_byte_string_re_encodes_to_itself() -> None:
+    rng = np.random.default_rng(3)
+    accepted = 0
+    for _ in range(3000):
+        n = int(rng.integers(1, 12))
+        raw = rng.integers(0, 256, n, dtype=np.uint8)
+        raw[rng.random(n) < 0.5] &= 0x0F  # bias towards final bytes so many strings parse
+        data = raw.tobytes()
+        count = sum(1 for b in data if b < 0x80)
+        try:
+            idx = decode_gaps(data, count)
+        except InvalidCall:
+            continue
+        accepted += 1
+        assert encode_gaps(idx) == data
+    assert accepted > 300
+
+
+def test_device_encoder_refuses_unsorted_or_duplicate_indices() -> None:
+    for bad in ([3, 1], [1, 1], [-1], [2**32]):
+        with pytest.raises(ValueError, match=r"strictly increasing|uint32"):
+            encode_gaps(np.array(bad, dtype=np.int64))
 
 
 def test_only_registered_clients_submit_once_per_round() -> None:

@@ -137,7 +137,7 @@ def memory_plan(
     gradient = FLOAT_BYTES * num_params
     activations = FLOAT_BYTES * batch * sum(widths) * 2  # pre- and post-activation
     samples = FLOAT_BYTES * shots * (widths[0] + widths[-1])
-    selection = 5 * selected  # uint32 index + int8 value per sent coordinate
+    selection = 5 * selected  # uint32 index + int8 value per coordinate, before gap coding
     parts = {
         "model": model,
         "snapshot": snapshot,

@@ -1,10 +1,18 @@
 """The sparse delta on the wire, and the device-side codec that produces it.
 
-A ``SubmitDelta`` call carries the global-part coordinates a client changed: sorted unique uint32
-indices (little-endian, packed), int8 values (packed), and one power-of-two exponent ``exp``:
-the value of coordinate i is ``values[i] · 2^exp``. In model units (F fractional bits) that is
-exactly ``values[i] << (exp + F)``. Metrics (sample count, optional losses in micro-units) ride
-along for provenance; they never influence consensus math.
+A ``SubmitDelta`` call carries the global-part coordinates a client changed: their indices as
+``gaps`` (below), int8 values (packed), and one power-of-two exponent ``exp``: the value of
+coordinate i is ``values[i] · 2^exp``. In model units (F fractional bits) that is exactly
+``values[i] << (exp + F)``. Metrics (sample count, optional losses in micro-units) ride along for
+provenance; they never influence consensus math.
+
+``gaps`` is the strictly increasing index list as unsigned LEB128 varints of the differences:
+``indices[0]``, then ``indices[t] - indices[t-1]`` (≥ 1). A Top-P% selection has small gaps, so
+almost every coordinate costs 1 byte of index instead of 4 (2 bytes a coordinate with its value).
+The decoding is strict, so the encoding is canonical (one byte string per delta): minimal
+varints only (no redundant ``0x80`` continuation), at most 5 bytes and a value below 2^32 each,
+no truncated varint at the end, no zero gap after the first (that would repeat an index), a
+running index below 2^32, and exactly one varint per value.
 
 ``quantize_top_p`` (floats allowed: it runs on the device) turns a float delta into that form.
 This module imports only numpy, the codec and the error tree, so light clients can use it.
@@ -23,10 +31,73 @@ from deltachain.errors import InvalidCall
 from deltachain.model_state.config import MAX_EXP_SHIFT
 
 MAX_DELTA_ENTRIES = 150_000
-"""Fits the transaction size limit: 5 bytes a coordinate."""
+"""A coordinate costs 2 bytes (dense selections) to 6 (gaps over 2^28); widely spread deltas
+hit the 768 KiB transaction size limit first."""
+MAX_VARINT_LEN = 5
+"""An unsigned LEB128 varint below 2^32 needs at most 5 bytes (7 bits each)."""
 LOSS_SCALE = 1_000_000
 """Losses travel as integers in micro-units: CBOR on our wire carries no floats."""
 _U64 = (1 << 64) - 1
+_U32_MAX = (1 << 32) - 1
+
+
+def encode_gaps(indices: np.ndarray) -> bytes:
+    """Strictly increasing uint32 indices → LEB128 varints of their gaps (see module docstring).
+
+    Raises ValueError when ``indices`` is not strictly increasing or not in the uint32 range: a
+    device bug, not a wire error.
+    """
+    idx = np.asarray(indices, dtype=np.int64).ravel()
+    if idx.size and (int(idx[0]) < 0 or int(idx[-1]) > _U32_MAX):
+        raise ValueError("delta indices must be uint32")
+    gaps = np.diff(idx, prepend=np.int64(0))
+    if idx.size > 1 and int(gaps[1:].min()) < 1:
+        raise ValueError("delta indices must be strictly increasing (sorted, no duplicates)")
+    gaps = gaps.astype(np.uint64)
+    # Number of 7-bit groups per gap (at least one), then every group's byte, in order.
+    lengths = np.ones(gaps.size, dtype=np.int64)
+    for bits in (7, 14, 21, 28):
+        lengths += gaps >= np.uint64(1 << bits)
+    owner = np.repeat(np.arange(gaps.size), lengths)
+    ends = np.cumsum(lengths)
+    group = np.arange(owner.size) - (ends - lengths)[owner]
+    out = ((gaps[owner] >> (7 * group).astype(np.uint64)) & np.uint64(0x7F)).astype(np.uint8)
+    out[group < lengths[owner] - 1] |= np.uint8(0x80)
+    return out.tobytes()
+
+
+def decode_gaps(raw: bytes, count: int) -> np.ndarray:
+    """LEB128 gap bytes holding exactly ``count`` varints → uint32 indices, strictly increasing.
+
+    Vectorised (no per-byte Python loop). Raises InvalidCall on any non-canonical input; the
+    caller caps ``len(raw)`` before calling, so nothing allocated here exceeds it.
+    """
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if data.size == 0 or data[-1] & 0x80:
+        raise InvalidCall("delta gaps are truncated: the last varint has no final byte")
+    ends = np.flatnonzero(data < 0x80)  # the final byte of every varint
+    if ends.size != count:
+        raise InvalidCall(f"delta has {ends.size} gaps but {count} values")
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    if int(lengths.max()) > MAX_VARINT_LEN:
+        raise InvalidCall(f"delta gap varint longer than {MAX_VARINT_LEN} bytes")
+    if bool(np.any((lengths > 1) & (data[ends] == 0))):
+        raise InvalidCall("delta gap varint is not minimal (ends in a zero byte)")
+    if bool(np.any(data[ends[lengths == MAX_VARINT_LEN]] > 0x0F)):
+        raise InvalidCall("delta gap is over the uint32 range")
+    owner = np.repeat(np.arange(count), lengths)
+    shift = (7 * (np.arange(data.size) - starts[owner])).astype(np.uint64)
+    parts = (data & np.uint8(0x7F)).astype(np.uint64) << shift
+    gaps = np.add.reduceat(parts, starts).astype(np.int64)  # each < 2^32: the sum is exact
+    if count > 1 and int(gaps[1:].min()) == 0:
+        raise InvalidCall("delta indices must be strictly increasing (a zero gap repeats one)")
+    indices = np.cumsum(gaps)  # count · 2^32 < 2^63: no int64 overflow
+    if int(indices[-1]) > _U32_MAX:
+        raise InvalidCall("delta index runs past the uint32 range")
+    return indices.astype(np.uint32)
 
 
 @dataclass(frozen=True)
@@ -44,7 +115,7 @@ class SubmitDelta:
         args: dict[str, Any] = {
             "model": self.model,
             "baseVersion": self.base_version,
-            "indices": self.indices.astype("<u4").tobytes(),
+            "gaps": encode_gaps(self.indices),
             "values": self.values.astype(np.int8).tobytes(),
             "exp": self.exp,
             "samples": self.samples,
@@ -60,7 +131,7 @@ class SubmitDelta:
         return self.values.astype(np.int32) << np.int32(self.exp + frac_bits)
 
 
-_REQUIRED = {"model", "baseVersion", "indices", "values", "exp", "samples"}
+_REQUIRED = {"model", "baseVersion", "gaps", "values", "exp", "samples"}
 _OPTIONAL = {"lossPre", "lossPost"}
 
 
@@ -72,32 +143,32 @@ def _uint(args: Mapping[str, Any], key: str) -> int:
 
 
 def decode_submit_delta(args: Mapping[str, Any]) -> SubmitDelta:
-    """Shape checks that need no state: types, lengths, sortedness. Raises InvalidCall."""
+    """Shape checks that need no state: types, lengths, the gap varints. Raises InvalidCall.
+
+    Lengths are capped before anything is decoded: ``values`` at ``MAX_DELTA_ENTRIES`` and
+    ``gaps`` at ``MAX_VARINT_LEN`` bytes a value.
+    """
     keys = set(args)
     if not keys.issuperset(_REQUIRED) or not keys <= _REQUIRED | _OPTIONAL:
         raise InvalidCall(
-            "model_state.submit_delta takes model, baseVersion, indices, values, exp, samples "
+            "model_state.submit_delta takes model, baseVersion, gaps, values, exp, samples "
             "[, lossPre, lossPost]"
         )
-    model, raw_idx, raw_val, exp = args["model"], args["indices"], args["values"], args["exp"]
+    model, raw_gaps, raw_val, exp = args["model"], args["gaps"], args["values"], args["exp"]
     if not isinstance(model, str):
         raise InvalidCall("model_state.submit_delta: model must be a model id string")
-    if not isinstance(raw_idx, bytes) or not isinstance(raw_val, bytes):
-        raise InvalidCall("model_state.submit_delta: indices and values must be bytes")
-    if len(raw_idx) % 4:
-        raise InvalidCall("delta indices must be packed uint32 (length a multiple of 4)")
-    k = len(raw_idx) // 4
-    if k != len(raw_val):
-        raise InvalidCall(f"delta has {k} indices but {len(raw_val)} values")
+    if not isinstance(raw_gaps, bytes) or not isinstance(raw_val, bytes):
+        raise InvalidCall("model_state.submit_delta: gaps and values must be bytes")
+    k = len(raw_val)
     if k == 0:
         raise InvalidCall("delta is empty: send at least one coordinate")
     if k > MAX_DELTA_ENTRIES:
         raise InvalidCall(f"delta has {k} coordinates, over the limit of {MAX_DELTA_ENTRIES}")
+    if not k <= len(raw_gaps) <= MAX_VARINT_LEN * k:
+        raise InvalidCall(f"delta has {len(raw_gaps)} gap bytes for {k} values")
     if not isinstance(exp, int) or isinstance(exp, bool) or not -64 <= exp <= 64:
         raise InvalidCall("delta exp must be a small integer")
-    indices = np.frombuffer(raw_idx, dtype="<u4").astype(np.uint32)
-    if k > 1 and not bool(np.all(indices[1:] > indices[:-1])):
-        raise InvalidCall("delta indices must be strictly increasing (sorted, no duplicates)")
+    indices = decode_gaps(raw_gaps, k)
     losses = []
     for key in ("lossPre", "lossPost"):
         value = args.get(key)

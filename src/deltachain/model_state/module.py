@@ -41,7 +41,12 @@ from deltachain.model_state.commitment import (
     weights_root,
 )
 from deltachain.model_state.config import ModelConfig, initial_weights, parse_model
-from deltachain.model_state.delta import SubmitDelta, check_exponent, decode_submit_delta
+from deltachain.model_state.delta import (
+    SubmitDelta,
+    check_exponent,
+    decode_gaps,
+    decode_submit_delta,
+)
 from deltachain.primitives.types import Address
 from deltachain.runtime import system
 from deltachain.runtime.module import BlockEnv, Event, Module
@@ -312,7 +317,7 @@ class ModelStateModule(Module):
         config = record.config
         clients = sorted(members)  # canonical order: arrival order must not matter
         deltas = [codec.decode(state.get(key_delta(config.id, c)) or b"") for c in clients]
-        indices = [np.frombuffer(d["indices"], dtype="<u4").astype(np.uint32) for d in deltas]
+        indices = [decode_gaps(d["gaps"], len(d["values"])) for d in deltas]  # validated on entry
         values = [
             (
                 np.frombuffer(d["values"], dtype=np.int8).astype(np.int32)
