@@ -7,7 +7,10 @@ Prints: the saved state (genesis hash + authority set + set id + finalized heade
 its set proof; wire sizes of a justification, a set proof and a chunk proof; the time to verify
 one weight chunk (record trie proof + Merkle path, and the path alone); and the peak Python
 heap (tracemalloc) while downloading and verifying a whole model chunk by chunk — into one
-preallocated buffer, and streamed to a sink (flash) — against the model's own size.
+preallocated buffer, and streamed to a sink (flash) — against the model's own size; and, over
+loopback, a light client syncing from genesis to a real chain's finalized head and downloading
+a model, once over JSON-RPC (HTTP) and once over the libp2p light protocol (``…/light/1``):
+time, requests and payload bytes each way (HTTP headers, Noise and yamux framing excluded).
 
 The chunk proofs come from a real node's ``model_getChunkProof`` handler; they are encoded to
 JSON bytes before measuring starts and replayed one reply at a time, so the peak counts only what
@@ -17,28 +20,40 @@ the light client holds (the reply being parsed, one chunk and its proof, and the
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from deltachain.chain import construct_runtime
-from deltachain.consensus.finality import Checkpoint, Justification, Link, sign_vote
+from deltachain.consensus.aura import author_of
+from deltachain.consensus.finality import Checkpoint, Justification, Link, VoteRecord, sign_vote
 from deltachain.crypto.hashing import Hash32
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.crypto.trie import trie_prove
 from deltachain.light import LightClient, SetProof
 from deltachain.light.keys import KEY_AUTHORITIES, KEY_SET_ID, state_key_hash
+from deltachain.light.p2p import P2pTransport
 from deltachain.light.proofs import ChunkProof
-from deltachain.light.remote import RemoteLightClient, Transport
+from deltachain.light.protocol import MAX_REQUEST_BYTES as MAX_LIGHT_REQUEST
+from deltachain.light.protocol import light_protocol
+from deltachain.light.remote import HttpTransport, RemoteLightClient, Transport
+from deltachain.node import light_server
 from deltachain.node.chain import Chain
+from deltachain.node.network import Network, NetworkConfig
 from deltachain.node.rpc import RpcServer
+from deltachain.node.service import chain_runner
 from deltachain.primitives.block import Header
 from deltachain.primitives.chainspec import DEV_MODEL, dev_chain_spec, parse_chain_spec
 from deltachain.primitives.types import Address, BlockNumber, Signature, Slot
@@ -216,6 +231,137 @@ def model_case(num_params: int, repeats: int) -> dict[str, float]:
     }
 
 
+class CountingHttp(HttpTransport):
+    """HttpTransport that counts JSON-RPC body bytes each way."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _post(self, payload: Any) -> Any:
+        self.bytes_sent += len(json.dumps(payload).encode())
+        reply = super()._post(payload)
+        self.bytes_received += len(json.dumps(reply).encode())
+        return reply
+
+
+def finalized_chain(base: Path, keys: list[Keypair], blocks: int) -> Chain:
+    """A chain of ``blocks`` blocks, each finalized by votes of every authority."""
+    chain = Chain(spec_with(keys, 16 * 1024), construct_runtime("reference"), base)
+    for _ in range(blocks):
+        parent = chain.storage.best_header()
+        slot = Slot(parent.slot + 1)
+        owner = author_of(slot, chain.authorities_at(parent.hash))
+        chain.author_block(slot, next(k for k in keys if k.address == owner))
+        link = chain.gadget.proposal(chain.storage.best_header(), chain.storage, VoteRecord())
+        if link is not None:
+            for key in keys:
+                chain.add_vote(sign_vote(key, link, chain.genesis_hash))
+    return chain
+
+
+class Servers:
+    """The chain behind RPC (aiohttp) and the light protocol (libp2p), on one loop thread,
+    every handler on one "chain" thread, as a node runs them."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
+        self.url = ""
+        self.addr = ""
+
+    async def _start(self) -> None:
+        run = chain_runner(self.executor)
+        self.runner = web.AppRunner(RpcServer(self.chain, run).app())
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+        async def serve(peer: str, request: bytes) -> bytes:
+            return bytes(await run(light_server.serve, self.chain, request))
+
+        self.network = Network(NetworkConfig(node_key_seed=b"\x07" * 32, listen_port=0))
+        self.network.set_request_handler(
+            light_protocol(self.chain.genesis_hash),
+            serve,
+            open_to_all=True,
+            max_request=MAX_LIGHT_REQUEST,
+        )
+        await self.network.start()
+        self.addr = self.network.listen_addr
+
+    async def _stop(self) -> None:
+        await self.network.stop()
+        await self.runner.cleanup()
+
+    def __enter__(self) -> Servers:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+        self.executor.shutdown(wait=True)
+
+
+def wire_case(blocks: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Sync from genesis to the finalized head, then download "big", over RPC and over p2p.
+
+    Each repetition starts a fresh client and a fresh transport (p2p: the dial and handshakes
+    are inside the sync time). Medians of ``repeats``.
+    """
+    keys = [Keypair.dev(f"a{i}") for i in range(4)]
+    out: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = finalized_chain(Path(tmp), keys, blocks)
+        genesis = chain.storage.header(chain.genesis_hash)
+        try:
+            with Servers(chain) as servers:
+                for name in ("rpc", "p2p"):
+                    rows: list[dict[str, float]] = []
+                    for _ in range(repeats):
+                        transport: CountingHttp | P2pTransport = (
+                            CountingHttp(servers.url)
+                            if name == "rpc"
+                            else P2pTransport(servers.addr, chain.genesis_hash)
+                        )
+                        client = LightClient.from_genesis(
+                            genesis.hash, [k.address for k in keys], genesis_header=genesis
+                        )
+                        remote = RemoteLightClient(client, transport)
+                        start = time.perf_counter()
+                        header = remote.sync()
+                        synced = time.perf_counter()
+                        sync_requests = remote.requests
+                        sync_in = transport.bytes_received
+                        remote.download_model("big", sink=lambda i, c: None)
+                        done = time.perf_counter()
+                        if isinstance(transport, P2pTransport):
+                            transport.close()
+                        rows.append(
+                            {
+                                "finalized": header.number,
+                                "sync_s": synced - start,
+                                "sync_requests": sync_requests,
+                                "sync_bytes_in": sync_in,
+                                "download_s": done - synced,
+                                "requests": remote.requests,
+                                "bytes_out": transport.bytes_sent,
+                                "bytes_in": transport.bytes_received,
+                            }
+                        )
+                    out[name] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        finally:
+            chain.close()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -259,6 +405,24 @@ def main() -> None:
             f"{m['peak_buffer_bytes'] / 1024:>10.1f}"
             f"{m['peak_buffer_bytes'] / m['model_bytes']:>11.3f}"
             f"{m['peak_streamed_bytes'] / 1024:>13.1f}"
+        )
+
+    blocks = 20 if args.quick else 100
+    wire = wire_case(blocks, 3 if args.quick else 5)
+    results["wire"] = wire
+    print(
+        f"\nsync from genesis to finalized #{int(wire['rpc']['finalized'])} (4 authorities), "
+        "then download + verify model 'big' chunk by chunk; loopback, median of runs"
+    )
+    print(
+        f"{'transport':>10}{'sync ms':>9}{'sync req':>9}{'sync B in':>10}{'model ms':>10}"
+        f"{'requests':>9}{'B out':>9}{'B in':>10}"
+    )
+    for name, w in wire.items():
+        print(
+            f"{name:>10}{w['sync_s'] * 1e3:>9.1f}{int(w['sync_requests']):>9}"
+            f"{int(w['sync_bytes_in']):>10}{w['download_s'] * 1e3:>10.1f}"
+            f"{int(w['requests']):>9}{int(w['bytes_out']):>9}{int(w['bytes_in']):>10}"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

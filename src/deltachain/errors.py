@@ -177,5 +177,10 @@ class RequestTooLarge(NetworkError):
     """A request or response frame over its protocol's size cap."""
 
 
+class UnsupportedProtocol(NetworkError):
+    """The peer refused the protocol: it serves another chain (protocol ids are genesis-scoped)
+    or does not serve that protocol at all."""
+
+
 class NotFound(DeltachainError):
     """A block, transaction or state entry that the node does not have."""

@@ -629,6 +629,87 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- light client -------------------------------------------------------------------------------
+
+
+def _light_genesis(args: argparse.Namespace) -> Hash32 | None:
+    """The genesis hash the user trusts: --genesis, else --chain's (None: neither given)."""
+    if args.genesis:
+        return _hash(args.genesis)
+    if args.chain:
+        return spec_genesis_hash(load_chain_spec(Path(args.chain)))
+    return None
+
+
+def cmd_light_sync(args: argparse.Namespace) -> int:
+    """Follow a node's finality as a light client (RPC or the p2p light protocol); optionally
+    download and verify a model; save the light client's state."""
+    from deltachain.light.client import LightClient
+    from deltachain.light.p2p import P2pTransport
+    from deltachain.light.remote import HttpTransport, RemoteLightClient, Transport
+
+    state_path = Path(args.state) if args.state else None
+    saved = state_path.read_bytes() if state_path is not None and state_path.exists() else None
+    client = None if saved is None else LightClient.load(saved)
+    genesis = _light_genesis(args)
+    if client is not None and genesis is not None and genesis != client.genesis_hash:
+        raise DeltachainError(
+            f"{args.state} follows chain 0x{client.genesis_hash.hex()[:16]}…, not "
+            f"0x{genesis.hex()[:16]}…; use another --state file"
+        )
+    genesis = genesis or (client.genesis_hash if client is not None else None)
+    if genesis is None:
+        raise DeltachainError("which chain? pass --chain genesis.json or --genesis 0x<hash>")
+    transport: Transport
+    if args.peer:
+        transport = P2pTransport(args.peer, genesis, timeout=args.timeout)
+    else:
+        transport = HttpTransport(args.rpc, timeout=args.timeout)
+    started = time.monotonic()
+    try:
+        if client is None:
+            remote = RemoteLightClient.bootstrap(genesis, transport)
+        else:
+            remote = RemoteLightClient(client, transport)
+        header = remote.sync()
+        result: dict[str, Any] = {
+            "finalized": header.number,
+            "hash": "0x" + header.hash.hex(),
+            "setId": remote.client.set_id,
+            "authorities": len(remote.client.authorities),
+        }
+        if args.model:
+            record, _ = remote.download_model(args.model, sink=lambda index, chunk: None)
+            result["model"] = {
+                "id": record.model_id,
+                "version": record.version,
+                "chunks": record.chunk_count,
+                "weightsRoot": "0x" + record.weights_root.hex(),
+            }
+        result["requests"] = remote.requests
+        result["seconds"] = round(time.monotonic() - started, 3)
+        if isinstance(transport, P2pTransport):
+            result["bytesReceived"] = transport.bytes_received
+    finally:
+        if isinstance(transport, P2pTransport):
+            transport.close()
+    if state_path is not None:
+        state_path.write_bytes(remote.client.save())
+    if args.json:
+        print(json.dumps(result))
+    else:
+        line = (
+            f"finalized #{result['finalized']} {result['hash'][:18]}… (set {result['setId']} of "
+            f"{result['authorities']}), verified in {result['requests']} requests, "
+            f"{result['seconds']} s"
+        )
+        if args.model:
+            model = result["model"]
+            line += f"; model {model['id']} v{model['version']}: {model['chunks']} chunks verified"
+        print(line)
+    return 0
+
+
 def cmd_vectors(args: argparse.Namespace) -> int:
     from deltachain.vectors import run_files
 
@@ -780,6 +861,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--raw", action="store_true", help="weights: int32 fixed point, not floats")
     q.add_argument("--version", type=int, help="provenance: the model version")
     q.set_defaults(func=cmd_query)
+    light = sub.add_parser(
+        "light", help="a light client: trusts only finality and proofs"
+    ).add_subparsers(dest="light_cmd", required=True)
+    ls = light.add_parser(
+        "sync",
+        help="follow a node's finality from the genesis hash (or --state) and verify proofs",
+        description="Starts from the genesis hash (or a saved --state), follows the node's "
+        "justifications across authority-set changes and, with --model, downloads and "
+        "verifies every weight chunk. Talks JSON-RPC (--rpc) or the light protocol over "
+        "libp2p (--peer, the multiaddr a node logs as 'network listening on …').",
+    )
+    source = ls.add_mutually_exclusive_group(required=True)
+    source.add_argument("--peer", help="node multiaddr /ip4/HOST/tcp/PORT/p2p/PEER_ID")
+    source.add_argument("--rpc", help="node JSON-RPC URL, e.g. http://127.0.0.1:9944")
+    ls.add_argument("--chain", help="chain spec whose genesis hash to trust")
+    ls.add_argument("--genesis", help="genesis hash to trust (0x…), instead of --chain")
+    ls.add_argument("--state", help="light client state file: resumed from and saved to")
+    ls.add_argument("--model", help="also download and verify every chunk of this model")
+    ls.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=cmd_light_sync)
     vec = sub.add_parser("vectors", help="state-transition vectors").add_subparsers(
         dest="vectors_cmd", required=True
     )

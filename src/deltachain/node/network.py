@@ -1,8 +1,9 @@
 """The network adapter: py-libp2p (trio-only) on one dedicated thread, an asyncio face.
 
-This is the only module that imports libp2p. One thread runs ``trio.run()`` with the libp2p
-host, GossipSub and the request/response protocols; the node talks to it through
-:class:`Network`, whose methods are called on the node's asyncio loop:
+With ``deltachain.p2p`` (the framing and the libp2p import, shared with light clients) this is
+the only code that imports libp2p. One thread runs ``trio.run()`` with the libp2p host,
+GossipSub and the request/response protocols; the node talks to it through :class:`Network`,
+whose methods are called on the node's asyncio loop:
 
 - ``publish(topic, data)`` is non-blocking and thread-safe: it appends to an outbox that a
   trio task drains, paced by the depth of libp2p's per-peer send queues;
@@ -10,7 +11,11 @@ host, GossipSub and the request/response protocols; the node talks to it through
   and counted in ``dropped``) — our own publications never come back;
 - ``request(peer, protocol, data)`` opens one libp2p stream per request and speaks our own
   framing (4-byte big-endian length, then the payload, with a cap checked before the payload is
-  read); the serving side runs the registered asyncio handler on the node's loop.
+  read, ``deltachain.p2p.wire``); the serving side runs the registered asyncio handler on the
+  node's loop. A protocol registered ``open=True`` (the light-client protocol) is served to any
+  peer, even with ``reserved_only``: such an outsider may stay connected while it keeps asking
+  (``OUTSIDER_IDLE`` seconds, at most ``MAX_OUTSIDERS`` of them) and never counts as a peer for
+  gossip or sync.
 
 Hand-offs: into trio with ``TrioToken.run_sync_soon``; back into asyncio with
 ``loop.call_soon_threadsafe`` and ``asyncio.run_coroutine_threadsafe``.
@@ -34,7 +39,7 @@ py-libp2p 0.8.1 traps this module works around (each one measured):
    ``request`` unblocks a peer before dialling it;
 8. importing libp2p detaches the ``libp2p`` logger (``propagate = False``) -> re-attached at
    WARNING; its auto-connector forces INFO on itself and every failed TCP dial logs an ERROR ->
-   quietened (reachability changes are logged here instead);
+   quietened (``deltachain.p2p.host``; reachability changes are logged here instead);
 9. TCP listeners bind with ``SO_REUSEPORT``, so a port held by another libp2p node does not fail
    to bind (the kernel would split inbound connections between the two) -> probed first with a
    plain bind;
@@ -44,7 +49,7 @@ py-libp2p 0.8.1 traps this module works around (each one measured):
 11. ``Pubsub`` starts a sweeper *thread* for its seen-message cache and never stops it ->
     stopped on shutdown;
 12. importing libp2p imports the deprecated ``websockets.legacy`` -> that warning is ignored
-    around the import.
+    around the import (here and in ``deltachain.p2p.host``).
 """
 
 from __future__ import annotations
@@ -56,9 +61,7 @@ import errno
 import functools
 import hashlib
 import logging
-import os
 import socket
-import struct
 import threading
 import time
 import warnings
@@ -70,6 +73,14 @@ from typing import Any, TypeVar
 import trio
 
 from deltachain.errors import DeltachainError, InvalidKey, NetworkError, RequestTooLarge
+from deltachain.p2p.host import exchange, key_pair, peer_id_from_seed, unblock
+from deltachain.p2p.wire import (
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_TOO_LARGE,
+    read_frame,
+    write_frame,
+)
 
 with warnings.catch_warnings():
     # libp2p 0.8.1 imports the deprecated ``websockets.legacy`` at import time; under
@@ -78,8 +89,6 @@ with warnings.catch_warnings():
     import multiaddr
     from libp2p import new_host
     from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
-    from libp2p.crypto.ed25519 import create_new_key_pair
-    from libp2p.crypto.keys import KeyPair
     from libp2p.custom_types import TProtocol
     from libp2p.network.config import ConnectionConfig
     from libp2p.network.swarm import Swarm
@@ -93,6 +102,14 @@ with warnings.catch_warnings():
     from libp2p.tools.anyio_service import background_trio_service
 
 log = logging.getLogger("deltachain.network")
+
+__all__ = [
+    "GossipMessage",
+    "Network",
+    "NetworkConfig",
+    "RequestHandler",
+    "peer_id_from_seed",
+]
 
 T = TypeVar("T")
 
@@ -112,13 +129,7 @@ SEND_QUEUE_MAX_WAIT = 2.0
 RECONNECT_INTERVAL = 1.0
 DIAL_TIMEOUT = 5.0
 
-# Request/response wire: request = frame; response = 1 status byte, then a frame
-# (frame = 4-byte big-endian payload length, then the payload).
-FRAME_HEADER = struct.Struct(">I")
-STATUS_OK = 0
-STATUS_ERROR = 1
-STATUS_TOO_LARGE = 2
-READ_CHUNK = 1 << 20
+# Request/response (framing in deltachain.p2p.wire).
 REQUEST_READ_TIMEOUT = 10.0
 HANDLER_TIMEOUT = 60.0
 RESPONSE_WRITE_TIMEOUT = 60.0
@@ -130,34 +141,9 @@ STOP_JOIN_TIMEOUT = 10.0
 
 EQUIVOCATION_MEMORY = 4096
 
-
-def _reattach_libp2p_logging() -> None:
-    """Undo what ``import libp2p`` did to its logger, unless LIBP2P_DEBUG asked for it.
-
-    ``libp2p.utils.logging.setup_logging`` (run at import) clears the ``libp2p`` logger's
-    handlers and sets ``propagate = False``, so its warnings never reach the node's handlers.
-    """
-    if os.environ.get("LIBP2P_DEBUG"):
-        return
-    libp2p_logger = logging.getLogger("libp2p")
-    libp2p_logger.handlers.clear()
-    libp2p_logger.propagate = True
-    libp2p_logger.setLevel(logging.WARNING)
-    # This one forces INFO on itself and logs a dial plan every 30 s.
-    logging.getLogger("libp2p.network.auto_connector").setLevel(logging.WARNING)
-    # Every failed TCP dial is an ERROR (four per dial, with retries); our reconnect loop dials
-    # absent validators every second and reports reachability changes itself.
-    tcp_logger = logging.getLogger("libp2p.transport.tcp.tcp")
-    if not any(isinstance(f, _DropDialFailures) for f in tcp_logger.filters):
-        tcp_logger.addFilter(_DropDialFailures())
-
-
-class _DropDialFailures(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to open TCP stream")
-
-
-_reattach_libp2p_logging()
+# Peers outside the reserved set that use an open protocol (light clients).
+OUTSIDER_IDLE = 30.0
+MAX_OUTSIDERS = 64
 
 
 # --- configuration and values ---------------------------------------------------------------
@@ -212,51 +198,6 @@ def _parse_peer_id(peer: str) -> ID:
         return ID.from_base58(peer)
     except Exception as exc:
         raise ValueError(f"{peer!r} is not a base58 peer id") from exc
-
-
-def _key_pair(seed: bytes) -> KeyPair:
-    if len(seed) != 32:
-        raise InvalidKey(f"node key seed must be 32 bytes, got {len(seed)}")
-    try:
-        return create_new_key_pair(seed)
-    except ValueError as exc:
-        raise InvalidKey(f"unusable node key seed: {exc}") from exc
-
-
-def peer_id_from_seed(seed: bytes) -> str:
-    """The base58 libp2p peer id of the ed25519 node key with this 32-byte seed.
-
-    Raises InvalidKey for a seed of the wrong length.
-    """
-    return ID.from_pubkey(_key_pair(seed).public_key).to_base58()
-
-
-# --- framing ----------------------------------------------------------------------------------
-
-
-async def _read_exact(stream: INetStream, n: int) -> bytes:
-    """Read exactly ``n`` bytes; ``stream.read(k)`` may return fewer, so loop."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await stream.read(min(n - len(buf), READ_CHUNK))
-        if not chunk:
-            raise NetworkError(f"stream ended after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
-
-
-async def _read_frame(stream: INetStream, limit: int, what: str) -> bytes:
-    """One length-prefixed frame; the cap is checked before any of the payload is read."""
-    (length,) = FRAME_HEADER.unpack(await _read_exact(stream, FRAME_HEADER.size))
-    if length > limit:
-        raise RequestTooLarge(f"{what} of {length} bytes is over the cap of {limit} bytes")
-    return await _read_exact(stream, length)
-
-
-async def _write_frame(stream: INetStream, payload: bytes, prefix: bytes = b"") -> None:
-    await stream.write(prefix + FRAME_HEADER.pack(len(payload)))
-    if payload:
-        await stream.write(payload)
 
 
 # --- libp2p subclasses ------------------------------------------------------------------------
@@ -413,7 +354,7 @@ class Network:
 
     def __init__(self, config: NetworkConfig) -> None:
         self.config = config
-        self._key_pair = _key_pair(config.node_key_seed)
+        self._key_pair = key_pair(config.node_key_seed)
         self._id = ID.from_pubkey(self._key_pair.public_key)
         self._peer_id = self._id.to_base58()
         self._targets = [
@@ -427,6 +368,10 @@ class Network:
         )
         self._topics = tuple(dict.fromkeys(config.topics))
         self._handlers: dict[str, RequestHandler] = {}
+        self._request_caps: dict[str, int] = {}
+        self._open: set[str] = set()
+        # outsiders (not reserved) using an open protocol -> trio time of their last request
+        self._outsiders: dict[ID, float] = {}
 
         self.inbound: asyncio.Queue[GossipMessage] = asyncio.Queue(INBOUND_QUEUE_SIZE)
         self.dropped = 0
@@ -457,11 +402,29 @@ class Network:
             raise NetworkError("the network is not listening (call start() first)")
         return self._listen_addr
 
-    def set_request_handler(self, protocol: str, handler: RequestHandler) -> None:
-        """Serve ``protocol`` with an asyncio coroutine ``handler(peer_id, request) -> bytes``."""
+    def set_request_handler(
+        self,
+        protocol: str,
+        handler: RequestHandler,
+        *,
+        open_to_all: bool = False,
+        max_request: int | None = None,
+    ) -> None:
+        """Serve ``protocol`` with an asyncio coroutine ``handler(peer_id, request) -> bytes``.
+
+        ``open_to_all``: also serve peers outside the reserved set (light clients); they never
+        become gossip or sync peers. ``max_request``: a request cap below ``max_frame_bytes``,
+        checked before the request is read (answered ``STATUS_TOO_LARGE``).
+        """
         if self._started:
             raise RuntimeError("set_request_handler must be called before start()")
         self._handlers[protocol] = handler
+        if open_to_all:
+            self._open.add(protocol)
+        if max_request is not None:
+            if not 0 < max_request <= self.config.max_frame_bytes:
+                raise ValueError(f"max_request must be in 1..{self.config.max_frame_bytes}")
+            self._request_caps[protocol] = max_request
 
     async def start(self) -> None:
         """Start the libp2p thread; return once it listens.
@@ -585,7 +548,8 @@ class Network:
             self._pending.discard(fut)
 
     def peers(self) -> list[str]:
-        """Currently connected peer ids (a snapshot refreshed by the libp2p thread)."""
+        """Connected peer ids (a snapshot refreshed by the libp2p thread), without outsiders
+        that only use open protocols (light clients)."""
         return list(self._peers)
 
     # -- asyncio side helpers ----------------------------------------------------------------
@@ -799,17 +763,27 @@ class Network:
         rt = self._rt
         if rt is None or rt.host is None:
             return
+        connected = set(rt.host.get_connected_peers())
+        for gone in set(self._outsiders) - connected:
+            del self._outsiders[gone]
         self._peers = tuple(
-            peer.to_base58() for peer in rt.host.get_connected_peers() if peer != self._id
+            peer.to_base58()
+            for peer in connected
+            if peer != self._id
+            and peer not in self._outsiders
+            and (peer in self._allowed or not self.config.reserved_only)
         )
 
     def _on_connected(self, peer: ID) -> None:
-        self._refresh_peers()
         rt = self._rt
         outsider = self.config.reserved_only and peer not in self._allowed
+        if outsider and self._open and len(self._outsiders) < MAX_OUTSIDERS:
+            # may stay while it uses an open protocol (a light client about to ask)
+            self._outsiders[peer] = trio.current_time()
         # Without a nursery yet, the reconnect loop's sweep evicts it within a second.
-        if outsider and rt is not None and rt.nursery is not None:
+        elif outsider and rt is not None and rt.nursery is not None:
             rt.nursery.start_soon(self._evict, rt, peer)
+        self._refresh_peers()
 
     async def _evict(self, rt: _Runtime, peer: ID) -> None:
         host = rt.host
@@ -853,8 +827,11 @@ class Network:
                         dialing.add(info.peer_id)
                         dials.start_soon(self._dial, host, info, dialing)
                 if self.config.reserved_only:
+                    idle = trio.current_time() - OUTSIDER_IDLE
                     for peer in connected - self._allowed - {self._id}:
-                        dials.start_soon(self._evict, rt, peer)
+                        if self._outsiders.get(peer, idle) <= idle:
+                            self._outsiders.pop(peer, None)
+                            dials.start_soon(self._evict, rt, peer)
                 self._refresh_peers()
                 await trio.sleep(RECONNECT_INTERVAL)
 
@@ -911,66 +888,48 @@ class Network:
             job.loop.call_soon_threadsafe(_settle, job.fut, result, error)
 
     async def _exchange(self, rt: _Runtime, job: _RequestJob) -> bytes:
-        host = rt.host
-        if host is None:
+        host, nursery = rt.host, rt.nursery
+        if host is None or nursery is None:
             raise NetworkError("the network is stopping")
-        network = host.get_network()
-        if isinstance(network, Swarm) and job.peer not in network.connections:
-            network.unblock_peer(job.peer)  # the caller decides when to retry, not libp2p
+        unblock(host, job.peer)  # the caller decides when to retry, not libp2p
         with trio.fail_after(job.timeout):
-            stream = await host.new_stream(job.peer, [TProtocol(job.protocol)])
-            # Write in the background and read at once: a server that refuses the request (too
-            # large) answers without reading it, and yamux flow control would block our write.
-            writing = trio.CancelScope()
-            try:
-                if rt.nursery is None:
-                    raise NetworkError("the network is stopping")
-                rt.nursery.start_soon(self._send_request, stream, job.data, writing)
-                status = (await _read_exact(stream, 1))[0]
-                body = await _read_frame(stream, self.config.max_frame_bytes, "response")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await stream.reset()
-                raise
-            finally:
-                writing.cancel()
-            with contextlib.suppress(Exception):
-                await stream.close()
-        if status == STATUS_OK:
-            return body
-        reason = body.decode("utf-8", "replace")[:200]
-        if status == STATUS_TOO_LARGE:
-            raise RequestTooLarge(f"{job.peer} on {job.protocol}: {reason}")
-        raise NetworkError(f"{job.peer} failed to answer on {job.protocol}: {reason}")
-
-    @staticmethod
-    async def _send_request(stream: INetStream, data: bytes, scope: trio.CancelScope) -> None:
-        with scope:
-            try:
-                await _write_frame(stream, data)
-            except Exception as exc:  # the reader sees the reset or the refusal
-                log.debug("writing a request failed: %r", exc)
+            return await exchange(
+                host, nursery, job.peer, job.protocol, job.data, self.config.max_frame_bytes
+            )
 
     async def _serve_stream(self, protocol: str, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
         try:
-            if self.config.reserved_only and peer not in self._allowed:
+            if peer not in self._allowed and not self._admit_outsider(peer, protocol):
                 await stream.reset()
                 return
             status, body = await self._answer(protocol, peer, stream)
             with trio.fail_after(RESPONSE_WRITE_TIMEOUT):
-                await _write_frame(stream, body, prefix=bytes([status]))
+                await write_frame(stream, body, prefix=bytes([status]))
                 await stream.close()
         except Exception as exc:
             log.debug("serving %s to %s failed: %r", protocol, peer, exc)
             with contextlib.suppress(Exception):
                 await stream.reset()
 
+    def _admit_outsider(self, peer: ID, protocol: str) -> bool:
+        """A peer outside the reserved set may use open protocols (while under MAX_OUTSIDERS);
+        using one marks it an outsider, which is never a gossip or sync peer."""
+        if protocol not in self._open:
+            return not self.config.reserved_only
+        if peer not in self._outsiders:
+            if len(self._outsiders) >= MAX_OUTSIDERS:
+                return False
+            self._outsiders[peer] = trio.current_time()
+            self._refresh_peers()
+        self._outsiders[peer] = trio.current_time()
+        return True
+
     async def _answer(self, protocol: str, peer: ID, stream: INetStream) -> tuple[int, bytes]:
         cap = self.config.max_frame_bytes
         try:
             with trio.fail_after(REQUEST_READ_TIMEOUT):
-                request = await _read_frame(stream, cap, "request")
+                request = await read_frame(stream, self._request_caps.get(protocol, cap), "request")
         except RequestTooLarge as exc:
             return STATUS_TOO_LARGE, str(exc).encode()
         handler = self._handlers[protocol]

@@ -37,6 +37,7 @@ from deltachain.errors import (
     PoolRejected,
 )
 from deltachain.model_state.module import ModelStateModule, key_chunk
+from deltachain.node import queries
 from deltachain.node.chain import Chain
 from deltachain.node.metrics import NodeMetrics
 from deltachain.node.storage import Storage
@@ -517,10 +518,8 @@ class RpcServer:
             return None
 
     def _get_header(self, params: list[Any]) -> Any:
-        try:
-            return header_json(self.chain.storage.header(self._block_hash_param(params)))
-        except NotFound:
-            return None
+        header = queries.header(self.chain, self._block_hash_param(params))
+        return None if header is None else header_json(header)
 
     def _get_block(self, params: list[Any]) -> Any:
         try:
@@ -533,27 +532,21 @@ class RpcServer:
 
     def _get_justification(self, params: list[Any]) -> Any:
         """The stored finality proof of a block (default: the finalized head); null if none."""
-        storage = self.chain.storage
         block_hash = (
-            storage.finalized_hash()
+            self.chain.storage.finalized_hash()
             if not params or params[0] is None
             else Hash32(unhex(params[0], "block hash", 32))
         )
-        try:
-            return hex0x(storage.justification(block_hash))
-        except NotFound:
-            return None
+        found = queries.justification(self.chain, block_hash)
+        return None if found is None else hex0x(found)
 
     def _prove_finality(self, params: list[Any]) -> Any:
         """The latest justification at or below ``number``: proves that block (its source)
         final to anyone who knows the authority set. Null before anything is finalized."""
         if len(params) != 1:
             raise RpcError(INVALID_PARAMS, "expected [block number]")
-        number = _int_param(params[0], "block number")
-        try:
-            return hex0x(self.chain.storage.latest_justification(number))
-        except NotFound:
-            return None
+        found = queries.prove_finality(self.chain, _int_param(params[0], "block number"))
+        return None if found is None else hex0x(found)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -561,7 +554,7 @@ class RpcServer:
         if not params:
             raise RpcError(INVALID_PARAMS, "expected [0x-hex key, (block hash)]")
         key = unhex(params[0], "storage key")
-        value = self.chain.state_at(self._block_hash_param(params, 1)).get(key)
+        value = queries.storage_value(self.chain, key, self._block_hash_param(params, 1))
         return None if value is None else hex0x(value)
 
     def _get_read_proof(self, params: list[Any]) -> Any:
@@ -573,7 +566,7 @@ class RpcServer:
         block_hash = self._block_hash_param(params, 1)
         return {
             "at": hex0x(block_hash),
-            "proof": [hex0x(self.chain.prove(key, block_hash).encode()) for key in keys],
+            "proof": [hex0x(p) for p in queries.read_proof(self.chain, keys, block_hash)],
         }
 
     # --- author ------------------------------------------------------------------------------
@@ -666,8 +659,8 @@ class RpcServer:
         return module.query(self.chain.best_state(), params[1], args)
 
     def _models(self) -> ModelStateModule:
-        module = self.chain.runtime.module("model_state")
-        if not isinstance(module, ModelStateModule):
+        module = queries.model_module(self.chain)
+        if module is None:
             raise RpcError(METHOD_NOT_FOUND, "this runtime has no model_state module")
         return module
 
@@ -748,16 +741,20 @@ class RpcServer:
         if len(params) < 2:
             raise RpcError(INVALID_PARAMS, "expected [model id, chunk index, (block hash)]")
         index = _int_param(params[1], "chunk index")
-        block_hash = self._block_hash_param(params, 2)
-        state = self.chain.state_at(block_hash)
-        found = self._models().query(state, "chunk", {"model": model, "index": index})
-        proof = self.chain.prove(found["recordKey"], block_hash)
+        found = queries.chunk_proof(
+            self.chain, self._models(), model, index, self._block_hash_param(params, 2)
+        )
         return to_json(
             {
-                **found,
-                "recordProof": proof.encode(),
-                "stateRoot": state.base_root,
-                "blockHash": block_hash,
+                "chunk": found.chunk,
+                "index": found.index,
+                "count": found.count,
+                "proof": found.proof,
+                "record": found.record,
+                "recordKey": found.record_key,
+                "recordProof": found.record_proof,
+                "stateRoot": found.state_root,
+                "blockHash": found.block_hash,
             }
         )
 

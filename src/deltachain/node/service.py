@@ -27,7 +27,10 @@ from deltachain.consensus.aura import slot_at
 from deltachain.consensus.finality import Justification, Vote
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.errors import DecodeError, DeltachainError, NetworkError, NotFound
+from deltachain.light.protocol import MAX_REQUEST_BYTES as MAX_LIGHT_REQUEST
+from deltachain.light.protocol import light_protocol
 from deltachain.model_state.module import ModelStateModule
+from deltachain.node import light_server
 from deltachain.node.chain import Chain, ImportResult
 from deltachain.node.metrics import MetricsServer, NodeMetrics
 from deltachain.node.network import Network, NetworkConfig
@@ -294,6 +297,13 @@ class NodeService:
             self.network.set_request_handler(
                 sync_protocol(self.chain.genesis_hash), self._serve_sync
             )
+            # light clients are never reserved peers: the light protocol is open to anyone
+            self.network.set_request_handler(
+                light_protocol(self.chain.genesis_hash),
+                self._serve_light,
+                open_to_all=True,
+                max_request=MAX_LIGHT_REQUEST,
+            )
             await self.network.start()
         else:
             self.synced.set()  # a lone dev node has nobody to catch up with
@@ -491,6 +501,10 @@ class NodeService:
 
     async def _serve_sync(self, peer: str, request: bytes) -> bytes:
         return bytes(await self.on_chain(serve, self.chain, request))
+
+    async def _serve_light(self, peer: str, request: bytes) -> bytes:
+        """The light-client protocol, on the chain thread like sync (``light_server``)."""
+        return bytes(await self.on_chain(light_server.serve, self.chain, request))
 
     async def _sync_loop(self) -> None:
         """Catch up from peers: at start (before authoring), every second, and on demand."""
