@@ -215,6 +215,47 @@ def test_dense_tail_and_block_boundaries() -> None:
         assert_same(ref.trimmed_sum_dense_reference(stack, f), fast.trimmed_sum_dense(stack, f))
 
 
+@pytest.mark.parametrize("marked", ["few", "many"])
+def test_sparse_blocks_and_both_gather_strategies(
+    marked: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many small coordinate blocks (each checks and consumes its own slice of every client),
+    and marked coordinates found by galloping ("few": one hot coordinate per 200) or by a scan
+    of every entry ("many"), at one and two threads."""
+    monkeypatch.setattr(fast, "_SPARSE_BLOCK_ENTRIES", 64)
+    monkeypatch.setattr(fast, "_SPARSE_MIN_WIDTH", 37)  # not a power of two: odd block edges
+    monkeypatch.setattr(fast, "_PARALLEL_MIN_WORK", 0)
+    rng = np.random.default_rng(17)
+    n, f, d = 25, 4, 3001
+    stack = random_values(rng, (n, d), "ties")
+    present = rng.random((n, d)) < 0.08  # ~2 senders a coordinate: counts decide it
+    hot = np.arange(0, d, 200) if marked == "few" else np.arange(0, d, 3)
+    present[:, hot] = rng.random((n, hot.size)) < 0.9  # f < senders: keys must be gathered
+    idx, val = to_sparse(stack, present)
+    for k in range(1, MAX_THREADS + 1):
+        with threads(k):
+            for semantics in SEMANTICS:
+                expected = ref.trimmed_sum_sparse_reference(idx, val, d, f, semantics)
+                assert_same(expected, fast.trimmed_sum_sparse(idx, val, d, f, semantics))
+                assert expected.sums[hot].any()  # the hot coordinates really moved
+
+
+def test_sparse_scratch_and_address_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counters left from a larger call never leak into a smaller one, and the
+    ``__array_interface__`` route to the arrays' data gives the same bytes as the fast one."""
+    rng = np.random.default_rng(23)
+    n, f = 9, 2
+    for d in (5000, 70):  # the second call reuses (part of) the first one's scratch
+        stack = random_values(rng, (n, d), "small")
+        idx, val = to_sparse(stack, rng.random((n, d)) < 0.7)
+        expected = ref.trimmed_sum_sparse_reference(idx, val, d, f, ZERO_FILL)
+        assert_same(expected, fast.trimmed_sum_sparse(idx, val, d, f, ZERO_FILL))
+    assert fast._DATA_OFFSET is not None  # CPython on a 64-bit build: the fast route is used
+    views = [np.repeat(v, 2)[::2] for v in val]  # equal to val, but strided: copied first
+    monkeypatch.setattr(fast, "_DATA_OFFSET", None)
+    assert_same(expected, fast.trimmed_sum_sparse(idx, views, 70, f, ZERO_FILL))
+
+
 # --- determinism: client order and threads -----------------------------------------------
 
 
