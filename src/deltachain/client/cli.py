@@ -8,10 +8,17 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltachain.errors import DeltachainError, KeystoreError
+
+if TYPE_CHECKING:
+    from deltachain.light.p2p import P2pTransport
+
+    from .rpc import Caller
+    from .verify import Verifier
 
 DEFAULT_RPC = "http://127.0.0.1:9944"
 
@@ -29,6 +36,12 @@ def register(sub: Any) -> None:
         "train score the new model.",
     )
     run.add_argument("--rpc", default=DEFAULT_RPC, help="node JSON-RPC URL (default %(default)s)")
+    run.add_argument(
+        "--peer",
+        metavar="MULTIADDR",
+        help="node multiaddr /ip4/…/tcp/…/p2p/<id>: verify finality and downloads over the p2p "
+        "light protocol (transactions still go over --rpc)",
+    )
     run.add_argument(
         "--local", action="store_true", help="use an in-process chain instead of --rpc"
     )
@@ -73,10 +86,18 @@ def _admin_key(spec: str) -> Any:
     return read_key_file(path, password)
 
 
+def _verifier(args: argparse.Namespace, peer: P2pTransport | None) -> Callable[[Caller], Verifier]:
+    """How each device trusts what it downloads (see ``client/verify.py``)."""
+    from .verify import LightVerifier, TrustNodeVerifier
+
+    if peer is not None:
+        return lambda node: LightVerifier(node, transport=peer)
+    return TrustNodeVerifier if args.trust_node else LightVerifier
+
+
 def cmd_client_run(args: argparse.Namespace) -> int:
     from .fleet import Fleet, FleetConfig, local_fleet, write_csv, write_plot
     from .rpc import JsonRpc
-    from .verify import LightVerifier, TrustNodeVerifier
 
     try:
         config = FleetConfig(
@@ -97,29 +118,47 @@ def cmd_client_run(args: argparse.Namespace) -> int:
         config.hyper()
     except ValueError as exc:
         raise DeltachainError(str(exc)) from None
-    if args.local:
-        fleet = local_fleet(
-            config,
-            semantics=args.semantics,
-            eta=args.eta,
-            trim_beta=args.trim_beta,
-            out=sys.stdout,
-            progress=sys.stderr,
+    if args.peer and (args.local or args.trust_node):
+        raise DeltachainError(
+            "--peer runs the light client over p2p; drop --local / --trust-node to use it"
         )
-    else:
-        fleet = Fleet(
-            JsonRpc(args.rpc),
-            config,
-            admin=_admin_key(args.admin_key),
-            verifier=TrustNodeVerifier if args.trust_node else LightVerifier,
-        )
-    result = fleet.run()
+    peer: P2pTransport | None = None
+    try:
+        if args.local:
+            fleet = local_fleet(
+                config,
+                semantics=args.semantics,
+                eta=args.eta,
+                trim_beta=args.trim_beta,
+                out=sys.stdout,
+                progress=sys.stderr,
+            )
+        else:
+            node = JsonRpc(args.rpc)
+            downloads: Caller | None = None
+            if args.peer:
+                from .peer import PeerCaller, connect_peer
+
+                peer = connect_peer(args.peer, node)
+                downloads = PeerCaller(peer)
+            fleet = Fleet(
+                node,
+                config,
+                admin=_admin_key(args.admin_key),
+                verifier=_verifier(args, peer),
+                downloads=downloads,
+            )
+        result = fleet.run()
+    finally:
+        if peer is not None:
+            peer.close()  # also on errors and Ctrl-C: ends the libp2p thread
     verified = sum(d.verified_downloads for d in fleet.devices + fleet.heldout)
     first, last = result.initial, result.final
     anchor = (
         "the node-claimed head"
         if args.trust_node or args.local
         else "a finalized state root the light client proved by justifications"
+        + (f" over p2p from {args.peer}" if args.peer else "")
     )
     print(
         f"held-out {result.metric}: {first:.4f} → {last:.4f} over {config.rounds} rounds; "

@@ -194,7 +194,11 @@ class Progress:
 
 
 class Fleet:
-    """Training devices + held-out devices against one chain (``node``: any ``Caller``)."""
+    """Training devices + held-out devices against one chain (``node``: any ``Caller``).
+
+    ``downloads`` is where devices fetch model chunks (default ``node``): with ``client run
+    --peer`` the p2p light protocol, while transactions and round bookkeeping stay on ``node``.
+    """
 
     def __init__(
         self,
@@ -203,6 +207,7 @@ class Fleet:
         *,
         admin: Keypair | None = None,
         verifier: Callable[[Caller], Verifier] = TrustNodeVerifier,
+        downloads: Caller | None = None,
         profile: DeviceProfile = NRF52840,
         out: TextIO | None = sys.stdout,
         progress: TextIO | None = sys.stderr,
@@ -211,6 +216,7 @@ class Fleet:
         self.config = config
         self.admin = admin
         self.make_verifier = verifier
+        self.downloads = downloads or node
         self.profile = profile
         self.out = out
         self.progress = Progress(config.rounds, progress) if progress is not None else None
@@ -345,7 +351,9 @@ class Fleet:
         scores, verified = [], 0
         metric = self.task.metric
         for device, split in zip(self.heldout, self._splits, strict=True):
-            model = download_model(self.node, self.verifiers[device.index], self.config.model_id)
+            model = download_model(
+                self.downloads, self.verifiers[device.index], self.config.model_id
+            )
             self.verifiers[device.index].take_cost()
             device.verified_downloads += 1
             verified += 1
@@ -359,7 +367,7 @@ class Fleet:
         cfg = self.config
         started = time.perf_counter()
         prepared: list[Prepared] = [
-            d.prepare(self.node, self.verifiers[d.index], cfg.model_id) for d in self.devices
+            d.prepare(self.downloads, self.verifiers[d.index], cfg.model_id) for d in self.devices
         ]
         version = prepared[0].model.version
         honest_stats = None

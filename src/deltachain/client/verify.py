@@ -6,7 +6,8 @@ links itself; the last two belong to a :class:`Verifier`, which tells the device
 read and what that block's state root is.
 
 * :class:`LightVerifier` (the default for ``client run --rpc``) trusts only finality: a
-  ``deltachain.light`` client follows justifications from the genesis hash.
+  ``deltachain.light`` client follows justifications from the genesis hash, over the node's
+  JSON-RPC or any other light ``Transport`` (``client run --peer``: the p2p light protocol).
 * :class:`TrustNodeVerifier` (``--trust-node``, and the in-process ``--local`` chain, which
   produces no justifications) **trusts the node's finality claim**: it asks the node for its
   finalized head and checks only that the returned header hashes to that block hash (so the
@@ -20,9 +21,9 @@ whole and never trains on unverified weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from deltachain.primitives.block import Header
 from deltachain.runtime.state import key_hash, value_hash
 
 from .rpc import NOT_FOUND, Caller, RpcFailed
+
+if TYPE_CHECKING:
+    from deltachain.light.p2p import P2pTransport
 
 HASH_NODE_BYTES = 65
 """Bytes hashed per Merkle/trie node: one-byte domain prefix + two 32-byte children."""
@@ -146,19 +150,48 @@ def _binary_size(value: Any) -> int:
 
 
 class _CallerTransport(Transport):
-    """The light client's transport over the device's node connection, counting bytes."""
+    """The light client's transport over the device's node connection (JSON-RPC)."""
 
     def __init__(self, node: Caller) -> None:
         self.node = node
-        self.received = 0
 
     def call(self, method: str, params: list[Any]) -> Any:
-        result = self.node.call(method, *params)
-        self.received += _binary_size(result)
-        return result
+        return self.node.call(method, *params)
+
+
+class _MeteredTransport(Transport):
+    """Counts what one verifier receives through ``inner``, which every device may share.
+
+    Over a ``P2pTransport`` that is the framed bytes it actually read for this verifier's
+    requests; over JSON-RPC, each answer's binary size (the hex framing is not charged).
+    """
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+        self.received = 0
+        self._p2p: P2pTransport | None = None
+        if not isinstance(inner, _CallerTransport):
+            from deltachain.light.p2p import P2pTransport  # libp2p: only when one is in use
+
+            self._p2p = inner if isinstance(inner, P2pTransport) else None
+
+    def _metered(self, fetch: Callable[[], Any]) -> Any:
+        if self._p2p is None:
+            result = fetch()
+            self.received += _binary_size(result)
+            return result
+        before = self._p2p.bytes_received
+        try:
+            return fetch()
+        finally:
+            self.received += self._p2p.bytes_received - before
+
+    def call(self, method: str, params: list[Any]) -> Any:
+        return self._metered(lambda: self.inner.call(method, params))
 
     def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
-        return [self.call(method, params) for method, params in calls]
+        result: list[Any] = self._metered(lambda: self.inner.batch(calls))
+        return result
 
 
 class LightVerifier:
@@ -167,10 +200,13 @@ class LightVerifier:
 
     ``finalized_block`` syncs the light client and returns its finalized block; any other
     block is refused. A node that lies about finality, sets or state is caught here.
+
+    The genesis hash comes from ``node``; justifications and proofs come over ``transport``
+    when given (e.g. a ``P2pTransport`` shared by the fleet), else over ``node`` itself.
     """
 
-    def __init__(self, node: Caller) -> None:
-        self._transport = _CallerTransport(node)
+    def __init__(self, node: Caller, transport: Transport | None = None) -> None:
+        self._transport = _MeteredTransport(transport or _CallerTransport(node))
         try:
             genesis = Hash32(_unhex(node.call("chain_getGenesisHash"), "genesis hash", 32))
             self.remote = RemoteLightClient.bootstrap(genesis, self._transport)

@@ -35,7 +35,7 @@ from deltachain.p2p.wire import FRAME_HEADER
 from deltachain.primitives.block import Header
 from deltachain.primitives.types import as_hash32
 
-__all__ = ["LightProtocolError", "P2pTransport"]
+__all__ = ["LightProtocolError", "P2pTransport", "PeerOnAnotherChain"]
 
 Convert = Callable[[Any], Any]
 
@@ -47,6 +47,22 @@ class LightProtocolError(RemoteError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"node error ({reason}): {message}")
         self.reason = reason
+
+
+class PeerOnAnotherChain(RemoteError):
+    """The peer refused this chain's (genesis-scoped) light protocol. ``hint`` says which
+    setting picked the chain, so each command can point at its own flag."""
+
+    def __init__(
+        self, peer: str, genesis_hash: Hash32, hint: str = "check the genesis hash or --chain"
+    ) -> None:
+        super().__init__(
+            f"the node at {peer} does not serve the light protocol of chain "
+            f"0x{genesis_hash.hex()[:16]}…: it runs another chain ({hint}) or is not a "
+            "deltachain node"
+        )
+        self.peer = peer
+        self.genesis_hash = genesis_hash
 
 
 def _0x(data: bytes) -> str:
@@ -230,11 +246,7 @@ class P2pTransport(Transport):
                 max_response=self.max_response,
             )
         except UnsupportedProtocol:
-            raise RemoteError(
-                f"the node at {self.peer.text} does not serve the light protocol of chain "
-                f"0x{self.genesis_hash.hex()[:16]}…: it runs another chain (check the genesis "
-                "hash or --chain) or is not a deltachain node"
-            ) from None
+            raise PeerOnAnotherChain(self.peer.text, self.genesis_hash) from None
         except NetworkError as exc:
             raise RemoteError(str(exc)) from None
         self.bytes_received += 1 + FRAME_HEADER.size + len(reply)

@@ -1,0 +1,169 @@
+"""``client run --peer``: the fleet verifies finality and downloads over the p2p light protocol.
+
+One real dev node (a process on loopback, RPC and libp2p) serves the module; the fleet runs as
+the console script, verifiers as objects. Every wait is bounded; the node is stopped and every
+libp2p client thread is joined.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deltachain.client.peer import PeerCaller, connect_peer
+from deltachain.client.rpc import JsonRpc
+from deltachain.client.verify import LightVerifier, download_model
+from deltachain.light.p2p import P2pTransport, PeerOnAnotherChain
+from deltachain.light.remote import RemoteError
+from deltachain.node.cli import main
+from deltachain.primitives.chainspec import dev_chain_spec
+from test_cli import free_port
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "deltachain.node.cli"]
+
+
+class DevNode:
+    def __init__(self, rpc: str, peer: str) -> None:
+        self.rpc = rpc
+        self.peer = peer
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevNode]:
+    tmp = tmp_path_factory.mktemp("client-p2p")
+    spec = tmp / "spec.json"
+    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
+    port = free_port()
+    log = tmp / "node.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                "node",
+                "--chain",
+                str(spec),
+                "--key",
+                "//alice",
+                "--validator",
+                "--base-path",
+                str(tmp / "db"),
+                "--rpc-port",
+                str(port),
+                "--no-prometheus",
+                "--port",
+                "0",
+                "--reserved-only",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        addr = None
+        deadline = time.monotonic() + 120  # includes a possible numba kernel compile
+        while time.monotonic() < deadline:
+            text = log.read_text()
+            found = re.search(r"network listening on (\S+)", text)
+            addr = found.group(1) if found else None
+            if addr and re.search(r"finalized #[1-9]", text):
+                break
+            assert proc.poll() is None, text
+            time.sleep(0.1)
+        assert addr is not None, log.read_text()
+        yield DevNode(f"http://127.0.0.1:{port}", addr)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def client_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("libp2p-client")]
+
+
+def client_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, "client", "run", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_fleet_verifies_finality_and_downloads_over_p2p(dev: DevNode, tmp_path: Path) -> None:
+    rows = tmp_path / "rounds.csv"
+    done = client_run(
+        *("--rpc", dev.rpc, "--peer", dev.peer, "--task", "sine"),
+        *("--devices", "3", "--heldout", "2", "--rounds", "2", "--seed", "1"),
+        *("--csv", str(rows)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "every one verified" in done.stdout, done.stdout
+    assert f"justifications over p2p from {dev.peer}" in done.stdout
+    table = list(csv.DictReader(rows.open()))
+    assert [int(r["round"]) for r in table] == [0, 1, 2]
+    assert int(table[0]["downloads_verified"]) == 2  # the held-out devices score the start
+    for row in table[1:]:
+        assert int(row["downloads_verified"]) == 3 + 2  # every device, every round
+        assert int(row["deltas_accepted"]) == 3
+        assert float(row["bytes_down"]) > 0
+    assert int(table[-1]["version"]) > int(table[0]["version"])
+
+
+def test_p2p_verifiers_count_their_own_bytes_per_round(dev: DevNode) -> None:
+    node = JsonRpc(dev.rpc)
+    with connect_peer(dev.peer, node) as transport:
+        first, second = LightVerifier(node, transport), LightVerifier(node, transport)
+        first.take_cost(), second.take_cost()  # bootstrap (genesis header + set proof)
+        before = transport.bytes_received
+        assert first.finalized_block() == first.remote.client.finalized.hash
+        cost = first.take_cost()
+        assert cost.bytes_received == transport.bytes_received - before > 0  # framed, real
+        assert cost.signature_verifications >= 1
+        assert second.take_cost().bytes_received == 0  # the shared link is not charged twice
+        assert first.take_cost().bytes_received == 0  # reset per round
+        rpc_calls = node.calls
+        model = download_model(PeerCaller(transport), first, "sine-mlp")
+        assert node.calls == rpc_calls  # finality and chunks came over p2p only
+        assert model.block_hash == first.remote.client.finalized.hash  # it synced again
+        assert first.remote.client.finalized.number >= 1
+        assert model.bytes_received > 0
+    assert client_threads() == []
+
+
+def test_bad_unreachable_and_foreign_peers_are_one_clear_line(dev: DevNode) -> None:
+    bad = client_run("--rpc", dev.rpc, "--peer", "/ip4/127.0.0.1/tcp/9", "--rounds", "1")
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert "not a peer multiaddr" in bad.stderr
+    assert "network listening on" in bad.stderr  # says where to find the right one
+    peer_id = dev.peer.rsplit("/p2p/", 1)[1]
+    started = time.monotonic()
+    gone = client_run("--rpc", dev.rpc, "--peer", f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id}")
+    assert time.monotonic() - started < 30
+    assert gone.returncode == 1
+    assert gone.stderr.strip().count("\n") == 0, gone.stderr
+    assert "cannot reach a node at" in gone.stderr
+
+    class OtherChain:
+        def call(self, method: str, *params: Any) -> Any:
+            assert method == "chain_getGenesisHash"
+            return "0x" + "11" * 32
+
+    with pytest.raises(PeerOnAnotherChain, match="--peer must be a node of the chain --rpc"):
+        connect_peer(dev.peer, OtherChain())
+    with pytest.raises(RemoteError, match="not a peer multiaddr"):
+        P2pTransport("/ip4/127.0.0.1/tcp/1", bytes(32))  # type: ignore[arg-type]
+    assert main(["client", "run", "--local", "--peer", dev.peer]) == 1
+    assert client_threads() == []
