@@ -644,7 +644,8 @@ def _gallop(a: np.ndarray, x: int) -> int:
         lo = hi
         step *= 2
         hi = lo + step
-    hi = min(hi, c)
+    if hi > c:
+        hi = c
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if np.int64(a[mid]) < x:
