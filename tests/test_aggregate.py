@@ -228,15 +228,26 @@ def test_sparse_blocks_and_both_gather_strategies(
     rng = np.random.default_rng(17)
     n, f, d = 25, 4, 3001
     stack = random_values(rng, (n, d), "ties")
+    stack[:, 100:][stack[:, 100:] == 0] = 1  # sent zeros mark coordinates: only the first 100
     present = rng.random((n, d)) < 0.08  # ~2 senders a coordinate: counts decide it
     hot = np.arange(0, d, 200) if marked == "few" else np.arange(0, d, 3)
     present[:, hot] = rng.random((n, hot.size)) < 0.9  # f < senders: keys must be gathered
     idx, val = to_sparse(stack, present)
+    weights = rng.integers(-(2**20), 2**20, size=d, dtype=np.int32)
     for k in range(1, MAX_THREADS + 1):
         with threads(k):
             for semantics in SEMANTICS:
                 expected = ref.trimmed_sum_sparse_reference(idx, val, d, f, semantics)
-                assert_same(expected, fast.trimmed_sum_sparse(idx, val, d, f, semantics))
+                result = fast.trimmed_sum_sparse(idx, val, d, f, semantics)
+                assert result.written is not None
+                assert result.written.any()
+                assert not result.written.all() or marked == "many"
+                # the update straight from the raw blocks, before anything is filled in
+                assert np.array_equal(
+                    fast.apply_update(weights, result, 3, 4),
+                    ref.apply_update(weights, expected, 3, 4),
+                )
+                assert_same(expected, result)
                 assert expected.sums[hot].any()  # the hot coordinates really moved
 
 

@@ -33,7 +33,6 @@ the divisor ``eta_den * kept <= 2**16 * 2**12 = 2**28``; the quotient has ``|q| 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import numpy as np
@@ -60,20 +59,67 @@ Int64Array = npt.NDArray[np.int64]
 UInt32Array = npt.NDArray[np.uint32]
 
 
-@dataclass(frozen=True)
 class AggregateResult:
     """The trimmed sums of one round, before the step size is applied.
 
     ``sums`` and ``kept`` are what the update needs; ``survived`` tells, per client, how many of
     the values it actually sent were kept -- the basis for crediting useful deltas.
+
+    A sparse round usually leaves whole blocks of coordinates untouched (every sum 0, every
+    kept the same ``rest_kept``: n - 2f under zero-fill, 0 under present-quorum). The fast
+    kernel then skips writing them: ``written[b]`` is False for block ``b`` (coordinates
+    ``[b * block, (b + 1) * block)``), the raw arrays hold garbage there, and ``sums``/``kept``
+    fill those blocks in on first access. The fast update reads the raw form and copies the
+    weights of unwritten blocks, so a node never pays for the 12 bytes per coordinate of
+    outputs that say "no change".
     """
 
-    sums: Int64Array
-    """int64[d]: per coordinate, the sum of the values kept after trimming."""
-    kept: Int32Array
-    """int32[d]: how many values were kept (0 = the coordinate does not move)."""
-    survived: Int64Array
-    """int64[n]: per client, how many of its sent (explicit) values survived trimming."""
+    __slots__ = ("_kept", "_sums", "block", "rest_kept", "survived", "written")
+
+    def __init__(
+        self,
+        sums: Int64Array,
+        kept: Int32Array,
+        survived: Int64Array,
+        *,
+        block: int = 0,
+        written: npt.NDArray[np.bool_] | None = None,
+        rest_kept: int = 0,
+    ) -> None:
+        self._sums = sums
+        self._kept = kept
+        self.survived = survived
+        """int64[n]: per client, how many of its sent (explicit) values survived trimming."""
+        self.block = block
+        self.written = written
+        self.rest_kept = rest_kept
+
+    @property
+    def sums(self) -> Int64Array:
+        """int64[d]: per coordinate, the sum of the values kept after trimming."""
+        self._fill_unwritten()
+        return self._sums
+
+    @property
+    def kept(self) -> Int32Array:
+        """int32[d]: how many values were kept (0 = the coordinate does not move)."""
+        self._fill_unwritten()
+        return self._kept
+
+    def raw(self) -> tuple[Int64Array, Int32Array, int, npt.NDArray[np.bool_]]:
+        """(sums, kept, block, written) without filling anything in; a dense result is one
+        written block."""
+        if self.written is None:
+            return self._sums, self._kept, max(1, self._sums.shape[0]), np.ones(1, np.bool_)
+        return self._sums, self._kept, self.block, self.written
+
+    def _fill_unwritten(self) -> None:
+        if self.written is None:
+            return
+        for b in np.flatnonzero(~self.written):
+            self._sums[b * self.block : (b + 1) * self.block] = 0
+            self._kept[b * self.block : (b + 1) * self.block] = self.rest_kept
+        self.written = None
 
 
 # --- input checks (shared with the fast kernels) ------------------------------------------
@@ -219,9 +265,11 @@ def check_update_inputs(
     if not isinstance(weights, np.ndarray) or weights.dtype != np.int32 or weights.ndim != 1:
         raise ValueError("weights must be a 1-D int32 array")
     d = weights.shape[0]
-    sums, kept = result.sums, result.kept
+    sums, kept, block, written = result.raw()
     if sums.dtype != np.int64 or kept.dtype != np.int32 or sums.shape != (d,) or kept.shape != (d,):
         raise ValueError(f"result must hold int64 sums and int32 kept of length {d}")
+    if written.shape[0] * block < d:
+        raise ValueError(f"result blocks cover {written.shape[0] * block} of {d} coordinates")
     if not (1 <= eta_num <= MAX_ETA and 1 <= eta_den <= MAX_ETA):
         raise ValueError(f"eta_num and eta_den must be in [1, {MAX_ETA}]")
 

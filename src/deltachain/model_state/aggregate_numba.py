@@ -19,7 +19,9 @@ Why each piece looks the way it does:
   non-zero is trimmed; under present-quorum, fewer than 2f + 1 senders means no move. Only the
   rest get their keys gathered (by galloping search while they are rare), sorted and trimmed.
   Cost O(nnz + d); the n x d matrix never exists. Inner loops run over 0-based slices so they
-  vectorise, and the per-coordinate counters are scratch kept between calls.
+  vectorise, and the per-coordinate counters are scratch kept between calls. A block where
+  nothing moves writes no output at all (``AggregateResult.written``): at 1% density that is
+  every block, and the 12 bytes a coordinate of "no change" were most of the cost.
 * **Deterministic under threads.** Threads own disjoint coordinate ranges; per-client counts
   are per-thread and summed at the end, so the bytes do not depend on the thread count.
 * **No compile in block import.** ``cache=True`` everywhere and :func:`warm_up` loads every
@@ -855,7 +857,7 @@ def _largest_count(counter: np.ndarray, zero_fill: bool) -> np.int32:
             largest = max(largest, max(neg, others) | ((cnt >> np.int32(30)) << np.int32(13)))
     else:
         for j in range(counter.shape[0]):
-            largest = max(largest, counter[j])  # only senders are counted
+            largest = max(largest, counter[j] & np.int32(_COUNT))
     return largest
 
 
@@ -884,10 +886,13 @@ def _sparse_block(
     kept: np.ndarray,
     counter: np.ndarray,
     surv: np.ndarray,
+    written: np.ndarray,
+    b: int,
 ) -> int:
-    """Aggregate coordinates [b0, b1) from client i's entries pos[i] .. (before stop[i]) and
-    advance pos past them; returns 1 + a client whose entries there are not strictly
-    increasing inside [b0, b1), else 0.
+    """Aggregate coordinates [b0, b1) (block ``b``) from client i's entries pos[i] .. (before
+    stop[i]) and advance pos past them; returns 1 + a client whose entries there are not
+    strictly increasing inside [b0, b1), else 0. A block whose counts decide every coordinate
+    writes no output and clears ``written[b]`` (see :class:`AggregateResult`).
 
     (1) client by client (indices are sorted, so the counters are walked forwards): check the
         slice, then count senders, negatives and sent zeros per coordinate into ``counter``;
@@ -900,7 +905,8 @@ def _sparse_block(
     """
     n = lengths.shape[0]
     counter[b0:b1] = 0
-    sums[b0:b1] = 0
+    if f == 0:
+        sums[b0:b1] = 0  # summed into directly below
     ends = np.empty(n, np.int64)
     entries = 0
     for i in range(n):
@@ -922,19 +928,23 @@ def _sparse_block(
         else:
             _count_signs_and_zeros(ix[s:e], vx[s:e], counter)
     mine = counter[b0:b1]
-    if zero_fill:
-        kept[b0:b1] = n - 2 * f  # zero-fill divides every coordinate by n - 2f
-    elif f == 0:
-        kept[b0:b1] = mine  # nothing trimmed: every sender is kept
-    else:
-        kept[b0:b1] = 0  # marked coordinates get theirs in step (3)
     if f == 0:
+        if zero_fill:
+            kept[b0:b1] = n
+        else:
+            kept[b0:b1] = mine  # nothing trimmed: every sender is kept
         pos[:] = ends
         return 0
     # (2) decide from the counts: a vectorised check first, usually that all are decided
     if _largest_count(mine, zero_fill) < (f + 1 if zero_fill else 2 * f + 1):
+        written[b] = False
         pos[:] = ends
         return 0
+    sums[b0:b1] = 0
+    if zero_fill:
+        kept[b0:b1] = n - 2 * f  # zero-fill divides every coordinate by n - 2f
+    else:
+        kept[b0:b1] = 0  # marked coordinates get theirs in step (3)
     nmarked = 0
     total = 0
     for j in range(b1 - b0):
@@ -997,9 +1007,10 @@ def _sparse_kernel(
     kept: np.ndarray,
     survived: np.ndarray,
     counter: np.ndarray,
+    written: np.ndarray,
 ) -> np.ndarray:
-    """Each thread owns a coordinate range and, per client, the slice of entries inside it,
-    and aggregates it in blocks of ``width`` coordinates (:func:`_sparse_block`).
+    """Each thread owns a range of whole blocks of ``width`` coordinates and, per client, the
+    slice of entries inside it, and aggregates it block by block (:func:`_sparse_block`).
 
     ``counter`` is scratch of length >= d; every output is written here, in parallel.
     """
@@ -1010,7 +1021,7 @@ def _sparse_kernel(
     # starts[t, i] .. starts[t + 1, i]. Each block checks that its slices are strictly
     # increasing inside it before using them, and each thread that its blocks consumed exactly
     # its entries: together that validates every index.
-    per = (d + nthreads - 1) // nthreads
+    per = (written.shape[0] + nthreads - 1) // nthreads * width
     bounds = np.empty(nthreads + 1, np.int64)
     for t in range(nthreads + 1):
         bounds[t] = min(d, t * per)
@@ -1039,6 +1050,8 @@ def _sparse_kernel(
                 kept,
                 counter,
                 survived[t],
+                written,
+                b0 // width,
             )
             if bad[t] != 0:
                 break
@@ -1126,11 +1139,14 @@ def trimmed_sum_sparse(
     val_addr, val_held = _addresses(values)
     lengths = np.array([a.shape[0] for a in indices], dtype=np.int64)
     nnz = int(lengths.sum())
-    # The kernel fills both outputs itself, in parallel (np.zeros measured +1.1 ms at d = 1e6).
+    # The kernel writes the outputs itself, in parallel, and only in blocks where something
+    # moves (np.zeros alone measured +1.1 ms at d = 1e6; see AggregateResult).
     sums = np.empty(d, np.int64)
     kept = np.empty(d, np.int32)
-    width = max(_SPARSE_MIN_WIDTH, _SPARSE_BLOCK_ENTRIES * d // max(nnz, 1))
     with _threads_for(5 * nnz + d) as nthreads:
+        width = _SPARSE_BLOCK_ENTRIES * d // max(nnz, 1)
+        width = max(_SPARSE_MIN_WIDTH, min(width, -(-d // nthreads)))  # every thread a block
+        written = np.ones(-(-d // width), np.bool_)
         survived = np.zeros((nthreads, n), np.int64)
         bad = _sparse_kernel(
             idx_addr,
@@ -1144,6 +1160,7 @@ def trimmed_sum_sparse(
             kept,
             survived,
             _counter_scratch(d),
+            written,
         )
     del idx_held, val_held
     if bad.any():
@@ -1151,10 +1168,55 @@ def trimmed_sum_sparse(
         raise ValueError(f"indices[{client}] must be strictly increasing and < d={d}")
     if f == 0:
         return AggregateResult(sums, kept, lengths)  # nothing is trimmed: every sent value counts
-    return AggregateResult(sums, kept, survived.sum(axis=0, dtype=np.int64))
+    return AggregateResult(
+        sums,
+        kept,
+        survived.sum(axis=0, dtype=np.int64),
+        block=width,
+        written=written,
+        rest_kept=n - 2 * f if semantics == ZERO_FILL else 0,
+    )
 
 
 # --- the global update --------------------------------------------------------------------
+
+
+@_jit()
+def _update_range(
+    weights: np.ndarray,
+    sums: np.ndarray,
+    kept: np.ndarray,
+    out: np.ndarray,
+    eta_num: int,
+    eta_den: int,
+    max_kept: int,
+    max_abs_sum: int,
+) -> bool:
+    """The update rule on one written range (``out``/inputs already sliced); False on a
+    ``kept`` or ``sums`` out of bounds (that coordinate keeps its weight)."""
+    ok = True
+    for j in range(weights.shape[0]):
+        k = np.int64(kept[j])
+        s = sums[j]
+        w = np.int64(weights[j])
+        if k < 0 or k > max_kept or s > max_abs_sum or s < -max_abs_sum:
+            ok = False
+            out[j] = weights[j]
+            continue
+        if k > 0:
+            num = eta_num * s
+            den = eta_den * k
+            q = num // den  # floor: den > 0
+            twice_r = 2 * (num - q * den)
+            if twice_r > den or (twice_r == den and (q & 1) == 1):
+                q += 1
+            w += q
+            if w < _INT32_MIN:
+                w = _INT32_MIN
+            elif w > _INT32_MAX:
+                w = _INT32_MAX
+        out[j] = np.int32(w)
+    return ok
 
 
 @_jit(parallel=True)
@@ -1162,54 +1224,63 @@ def _update_kernel(
     weights: np.ndarray,
     sums: np.ndarray,
     kept: np.ndarray,
+    block: int,
+    written: np.ndarray,
     eta_num: int,
     eta_den: int,
     max_kept: int,
     max_abs_sum: int,
     nthreads: int,
 ) -> tuple[np.ndarray, bool]:
+    """Threads take whole blocks; an unwritten block's weights are copied (nothing moved)."""
     d = weights.shape[0]
     out = np.empty(d, np.int32)
     bad = np.zeros(nthreads, np.bool_)
-    per = (d + nthreads - 1) // nthreads
+    nblocks = written.shape[0]
+    per = (nblocks + nthreads - 1) // nthreads
     for t in prange(nthreads):
-        for j in range(t * per, min(d, (t + 1) * per)):
-            k = np.int64(kept[j])
-            s = sums[j]
-            w = np.int64(weights[j])
-            if k < 0 or k > max_kept or s > max_abs_sum or s < -max_abs_sum:
-                bad[t] = True
-                out[j] = weights[j]
+        for b in range(t * per, min(nblocks, (t + 1) * per)):
+            j0 = b * block
+            j1 = min(d, j0 + block)
+            if j0 >= j1:
                 continue
-            if k > 0:
-                num = eta_num * s
-                den = eta_den * k
-                q = num // den  # floor: den > 0
-                twice_r = 2 * (num - q * den)
-                if twice_r > den or (twice_r == den and (q & 1) == 1):
-                    q += 1
-                w += q
-                if w < _INT32_MIN:
-                    w = _INT32_MIN
-                elif w > _INT32_MAX:
-                    w = _INT32_MAX
-            out[j] = np.int32(w)
+            if not written[b]:
+                out[j0:j1] = weights[j0:j1]
+            elif not _update_range(
+                weights[j0:j1],
+                sums[j0:j1],
+                kept[j0:j1],
+                out[j0:j1],
+                eta_num,
+                eta_den,
+                max_kept,
+                max_abs_sum,
+            ):
+                bad[t] = True
     return out, bool(bad.any())
 
 
 def apply_update(
     weights: np.ndarray, result: AggregateResult, eta_num: int, eta_den: int
 ) -> Int32Array:
-    """Fast :func:`~deltachain.model_state.aggregate.apply_update` (one fused pass).
+    """Fast :func:`~deltachain.model_state.aggregate.apply_update` (one fused pass, skipping
+    the blocks a sparse result left unwritten).
 
     Raises ValueError: as the reference.
     """
     check_update_inputs(weights, result, eta_num, eta_den)
-    with _threads_for(8 * weights.shape[0]) as nthreads:
+    sums, kept, block, written = result.raw()
+    d = weights.shape[0]
+    if written.shape[0] == 1 and written[0] and d > 0:  # dense: split it between threads
+        block = -(-d // max(1, numba.get_num_threads()))
+        written = np.ones(-(-d // block), np.bool_)
+    with _threads_for(8 * d) as nthreads:
         out, bad = _update_kernel(
             np.ascontiguousarray(weights),
-            np.ascontiguousarray(result.sums),
-            np.ascontiguousarray(result.kept),
+            np.ascontiguousarray(sums),
+            np.ascontiguousarray(kept),
+            block,
+            written,
             eta_num,
             eta_den,
             MAX_CLIENTS,
