@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deltachain.primitives.chainspec import dev_chain_spec
+from node_process import CLI, free_port, start_node, stop_node
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "deltachain.node.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -41,47 +31,11 @@ def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.Compl
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[str]:
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
-    port = free_port()
-    log = (tmp_path / "node.log").open("w")
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "node",
-            "--chain",
-            str(spec),
-            "--key",
-            "//alice",
-            "--validator",
-            "--base-path",
-            str(tmp_path / "db"),
-            "--rpc-port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    n = start_node(tmp_path, ready=r"authored #1 ")
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if "authored #1 " in (tmp_path / "node.log").read_text():
-                break
-            if proc.poll() is not None:
-                raise AssertionError((tmp_path / "node.log").read_text())
-            time.sleep(0.1)
-        else:
-            raise AssertionError("node did not author a block in 30 s")
-        yield url
+        yield n.url
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop_node(n)
 
 
 def test_generate_register_transact_query(node: str, tmp_path: Path) -> None:

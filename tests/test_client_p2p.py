@@ -8,11 +8,7 @@ libp2p client thread is joined.
 from __future__ import annotations
 
 import csv
-import json
-import re
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,11 +23,9 @@ from deltachain.client.verify import LightVerifier, download_model
 from deltachain.light.p2p import P2pTransport, PeerOnAnotherChain
 from deltachain.light.remote import RemoteError
 from deltachain.node.cli import main
-from deltachain.primitives.chainspec import dev_chain_spec
-from test_cli import free_port
+from node_process import CLI, start_node, stop_node
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "deltachain.node.cli"]
 
 
 class DevNode:
@@ -42,53 +36,17 @@ class DevNode:
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevNode]:
-    tmp = tmp_path_factory.mktemp("client-p2p")
-    spec = tmp / "spec.json"
-    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
-    port = free_port()
-    log = tmp / "node.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "node",
-                "--chain",
-                str(spec),
-                "--key",
-                "//alice",
-                "--validator",
-                "--base-path",
-                str(tmp / "db"),
-                "--rpc-port",
-                str(port),
-                "--no-prometheus",
-                "--port",
-                "0",
-                "--reserved-only",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    node = start_node(
+        tmp_path_factory.mktemp("client-p2p"),
+        "--port",
+        "0",
+        "--reserved-only",
+        ready=r"finalized #[1-9]",
+    )
     try:
-        addr = None
-        deadline = time.monotonic() + 120  # includes a possible numba kernel compile
-        while time.monotonic() < deadline:
-            text = log.read_text()
-            found = re.search(r"network listening on (\S+)", text)
-            addr = found.group(1) if found else None
-            if addr and re.search(r"finalized #[1-9]", text):
-                break
-            assert proc.poll() is None, text
-            time.sleep(0.1)
-        assert addr is not None, log.read_text()
-        yield DevNode(f"http://127.0.0.1:{port}", addr)
+        yield DevNode(node.url, node.p2p_addr)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_node(node)
 
 
 def client_threads() -> list[str]:

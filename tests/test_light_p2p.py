@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -34,7 +33,7 @@ from deltachain.node import light_server
 from deltachain.node.network import Network, NetworkConfig, peer_id_from_seed
 from deltachain.node.service import chain_runner
 from deltachain.p2p.host import ClientHost, parse_peer_address
-from deltachain.primitives.chainspec import dev_chain_spec
+from node_process import CLI, start_node, stop_node
 from test_light import (
     ALICE,
     BOB,
@@ -50,7 +49,6 @@ from test_light import (
 )
 
 Handler = Callable[[str, bytes], Awaitable[bytes]]
-CLI = [sys.executable, "-m", "deltachain.node.cli"]
 
 
 def seed(name: str) -> bytes:
@@ -414,43 +412,9 @@ def test_client_host_reports_unsupported_protocol(host: ClientHost, served: Serv
 
 @pytest.mark.slow
 def test_node_process_serves_the_light_cli(tmp_path: Path) -> None:
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
-    log = tmp_path / "node.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "node",
-                "--chain",
-                str(spec),
-                "--key",
-                "//alice",
-                "--validator",
-                "--base-path",
-                str(tmp_path / "db"),
-                "--rpc-port",
-                "0",
-                "--no-prometheus",
-                "--port",
-                "0",
-                "--reserved-only",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    node = start_node(tmp_path, "--port", "0", "--reserved-only", ready=r"finalized #[1-9]")
+    spec, addr, proc = node.spec, node.p2p_addr, node.proc
     try:
-        addr = None
-        deadline = time.monotonic() + 120  # includes a possible numba kernel compile
-        while time.monotonic() < deadline:
-            text = log.read_text()
-            found = re.search(r"network listening on (\S+)", text)
-            addr = found.group(1) if found else None
-            if addr and re.search(r"finalized #[1-9]", text):
-                break
-            assert proc.poll() is None, text
-            time.sleep(0.1)
-        assert addr is not None, log.read_text()
 
         def light(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
@@ -478,9 +442,4 @@ def test_node_process_serves_the_light_cli(tmp_path: Path) -> None:
         assert "another chain" in wrong.stderr, wrong.stderr
         assert proc.poll() is None  # the node keeps running
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_node(node)

@@ -12,14 +12,11 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,92 +36,15 @@ from deltachain.primitives.chainspec import dev_chain_spec
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 from deltachain.primitives.types import Hash32
 from deltachain.runtime.state import key_hash, value_hash
+from node_process import CLI, NodeProcess, start_node, stop_node
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "deltachain.node.cli"]
 WAIT_S = 30.0
-START_S = 120.0
-"""Startup includes loading (or, after an edit of the kernels, compiling) the numba kernels."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Node:
-    url: str
-    metrics_url: str | None
-    proc: subprocess.Popen[bytes]
-    log: Path
-    spec: Path
-    base: Path
-
-    @property
-    def ws_url(self) -> str:
-        return "ws" + self.url[4:]
-
-
-def start_node(tmp: Path, *extra: str, prometheus: bool = True) -> Node:
-    tmp.mkdir(parents=True, exist_ok=True)
-    spec = tmp / "spec.json"
-    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
-    port = free_port()
-    metrics_port = free_port()
-    log = tmp / "node.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "node",
-                "--chain",
-                str(spec),
-                "--key",
-                "//alice",
-                "--validator",
-                "--base-path",
-                str(tmp / "db"),
-                "--rpc-port",
-                str(port),
-                *(["--prometheus-port", str(metrics_port)] if prometheus else ["--no-prometheus"]),
-                *extra,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    node = Node(
-        f"http://127.0.0.1:{port}",
-        f"http://127.0.0.1:{metrics_port}/metrics" if prometheus else None,
-        proc,
-        log,
-        spec,
-        tmp / "db",
-    )
-    deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline:
-        if "authored #2 " in log.read_text():
-            return node
-        if proc.poll() is not None:
-            raise AssertionError(log.read_text())
-        time.sleep(0.1)
-    stop_node(node)
-    raise AssertionError(f"node did not author two blocks in {START_S} s")
-
-
-def stop_node(node: Node) -> None:
-    node.proc.send_signal(signal.SIGINT)
-    try:
-        node.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        node.proc.kill()
-        node.proc.wait()
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    n = start_node(tmp_path_factory.mktemp("rpc-node"))
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = start_node(tmp_path_factory.mktemp("rpc-node"), prometheus=True)
     try:
         yield n
     finally:
@@ -132,7 +52,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 
 @pytest.fixture(scope="module")
-def safe_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def safe_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     n = start_node(
         tmp_path_factory.mktemp("rpc-safe-node"),
         "--rpc-methods",
@@ -205,7 +125,7 @@ def wait_until(predicate: Any, what: str, timeout: float = WAIT_S) -> None:
     raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
-def metrics(node: Node) -> dict[str, float]:
+def metrics(node: NodeProcess) -> dict[str, float]:
     assert node.metrics_url is not None
     with urllib.request.urlopen(node.metrics_url, timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -222,7 +142,7 @@ def metrics(node: Node) -> dict[str, float]:
 
 
 @pytest.fixture
-async def ws_session(node: Node) -> AsyncIterator[WsSession]:
+async def ws_session(node: NodeProcess) -> AsyncIterator[WsSession]:
     async with aiohttp.ClientSession() as http, http.ws_connect(node.url) as ws:
         session = WsSession(ws)
         try:
@@ -282,11 +202,11 @@ EXPECTED_METHODS = {
 }
 
 
-def test_rpc_methods_lists_every_method(node: Node) -> None:
+def test_rpc_methods_lists_every_method(node: NodeProcess) -> None:
     assert set(call(node.url, "rpc_methods")["methods"]) == EXPECTED_METHODS
 
 
-def test_system_methods(node: Node) -> None:
+def test_system_methods(node: NodeProcess) -> None:
     assert call(node.url, "system_name") == "deltachain"
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", call(node.url, "system_version"))
     assert call(node.url, "system_chain") == "Deltachain Development"
@@ -308,7 +228,7 @@ def test_system_methods(node: Node) -> None:
     assert call(node.url, "system_resetLogFilter") is None
 
 
-def test_chain_methods(node: Node) -> None:
+def test_chain_methods(node: NodeProcess) -> None:
     g = call(node.url, "chain_getGenesisHash")
     assert call(node.url, "chain_getBlockHash", 0) == g
     assert call(node.url, "chain_getBlockHash", 10**9) is None
@@ -325,7 +245,7 @@ def test_chain_methods(node: Node) -> None:
     assert 1 <= finalized["number"] <= call(node.url, "chain_getHeader")["number"]
 
 
-def test_justifications_and_finality_proofs(node: Node) -> None:
+def test_justifications_and_finality_proofs(node: NodeProcess) -> None:
     alice = Keypair.dev("alice")
     head = call(node.url, "chain_getFinalizedHead")
     raw = call(node.url, "chain_getJustification", head)
@@ -344,7 +264,7 @@ def test_justifications_and_finality_proofs(node: Node) -> None:
     assert call(node.url, "finality_proveFinality", 0) is None  # genesis needs no proof
 
 
-def test_state_storage_and_read_proofs(node: Node) -> None:
+def test_state_storage_and_read_proofs(node: NodeProcess) -> None:
     key = b"model_state/models"
     value = unhex(call(node.url, "state_getStorage", "0x" + key.hex()))
     assert codec.decode(value) == ["sine-mlp"]
@@ -363,7 +283,7 @@ def test_state_storage_and_read_proofs(node: Node) -> None:
     verify_proof(root, key_hash(missing), None, absent)
 
 
-def test_author_methods_and_remove_extrinsic(node: Node) -> None:
+def test_author_methods_and_remove_extrinsic(node: NodeProcess) -> None:
     dave = Keypair.dev("dave")
     admin = Keypair.dev("alice")
     g = genesis(node.url)
@@ -398,7 +318,7 @@ def test_author_methods_and_remove_extrinsic(node: Node) -> None:
     assert call(node.url, "author_removeExtrinsic", ["0x" + future.hash.hex()]) == []
 
 
-def test_model_methods(node: Node) -> None:
+def test_model_methods(node: NodeProcess) -> None:
     assert call(node.url, "model_list") == ["sine-mlp"]
     model = call(node.url, "model_get", "sine-mlp")
     assert {"id", "layers", "version", "weightsRoot", "numParams", "chunkCount", "round"} <= set(
@@ -455,7 +375,7 @@ def test_model_methods(node: Node) -> None:
 # --- errors and limits over HTTP -----------------------------------------------------------------
 
 
-def test_error_codes(node: Node) -> None:
+def test_error_codes(node: NodeProcess) -> None:
     for body in (b"{not json", b"", b"\xff\xfe", b'{"jsonrpc": "2.0", "method": "x"'):
         status, reply = post(node.url, body)
         assert status == 200
@@ -523,7 +443,7 @@ def test_error_codes(node: Node) -> None:
     assert call(node.url, "author_removeExtrinsic", ["0x" + future.hash.hex()])
 
 
-def test_batches_and_notifications(node: Node) -> None:
+def test_batches_and_notifications(node: NodeProcess) -> None:
     status, replies = post(
         node.url,
         [
@@ -547,7 +467,7 @@ def test_batches_and_notifications(node: Node) -> None:
     assert len(post(node.url, [request("system_name", req_id=i) for i in range(64)])[1]) == 64
 
 
-def test_oversize_body_is_refused(node: Node) -> None:
+def test_oversize_body_is_refused(node: NodeProcess) -> None:
     big = json.dumps(request("author_submitExtrinsic", "0x" + "00" * (2 << 20))).encode()
     status, reply = post(node.url, big)
     assert status == 413
@@ -555,7 +475,7 @@ def test_oversize_body_is_refused(node: Node) -> None:
     assert call(node.url, "system_name") == "deltachain"  # still serving
 
 
-def test_health_endpoint_and_plain_get(node: Node) -> None:
+def test_health_endpoint_and_plain_get(node: NodeProcess) -> None:
     with urllib.request.urlopen(node.url + "/health", timeout=10) as response:
         assert json.loads(response.read())["isSyncing"] is False
     with pytest.raises(urllib.error.HTTPError) as info:
@@ -564,7 +484,7 @@ def test_health_endpoint_and_plain_get(node: Node) -> None:
     assert json.loads(info.value.read())["error"]["code"] == -32600
 
 
-def test_unsafe_methods_refused_under_rpc_methods_safe(safe_node: Node) -> None:
+def test_unsafe_methods_refused_under_rpc_methods_safe(safe_node: NodeProcess) -> None:
     for method, params in (
         ("system_peers", []),
         ("system_addLogFilter", ["debug"]),
@@ -588,7 +508,7 @@ def test_is_loopback() -> None:
 # --- WebSocket -------------------------------------------------------------------------------
 
 
-async def test_ws_calls_share_the_method_table(ws_session: WsSession, node: Node) -> None:
+async def test_ws_calls_share_the_method_table(ws_session: WsSession, node: NodeProcess) -> None:
     assert await ws_session.call("system_name") == "deltachain"
     assert await ws_session.call("chain_getBlockHash", 0) == call(node.url, "chain_getGenesisHash")
     with pytest.raises(RpcCallError) as info:
@@ -618,7 +538,7 @@ async def test_ws_new_heads_arrive_in_order_and_unsubscribe_stops_them(
     assert queue.qsize() == pending
 
 
-async def test_ws_finalized_heads_arrive_in_order(ws_session: WsSession, node: Node) -> None:
+async def test_ws_finalized_heads_arrive_in_order(ws_session: WsSession, node: NodeProcess) -> None:
     sub = await ws_session.call("chain_subscribeFinalizedHeads")
     heads = [await next_note(ws_session, sub) for _ in range(4)]
     numbers = [h["number"] for h in heads]
@@ -649,7 +569,7 @@ def delta_tx(url: str, who: Keypair, nonce: int, seed: int) -> SignedTransaction
 
 
 async def test_ws_submit_and_watch_reports_in_block_then_finalized(
-    ws_session: WsSession, node: Node
+    ws_session: WsSession, node: NodeProcess
 ) -> None:
     before = call(node.url, "model_get", "sine-mlp")["version"]
     subs = []
@@ -695,7 +615,7 @@ async def test_ws_submit_and_watch_rejects_with_the_reason(ws_session: WsSession
     assert info.value.code == -32602
 
 
-async def test_ws_subscription_limit_and_cleanup_on_close(node: Node) -> None:
+async def test_ws_subscription_limit_and_cleanup_on_close(node: NodeProcess) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(node.url) as ws:
             for start in range(0, 1024, 64):
@@ -723,7 +643,7 @@ async def test_ws_subscription_limit_and_cleanup_on_close(node: Node) -> None:
         assert metrics(node)["deltachain_rpc_connections"] == 0
 
 
-async def test_ws_malformed_and_oversize_messages(node: Node) -> None:
+async def test_ws_malformed_and_oversize_messages(node: NodeProcess) -> None:
     async with aiohttp.ClientSession() as http, http.ws_connect(node.url) as ws:
         await ws.send_str("{oops")
         assert json.loads((await ws.receive(timeout=10)).data)["error"]["code"] == -32700
@@ -738,7 +658,7 @@ async def test_ws_malformed_and_oversize_messages(node: Node) -> None:
     assert call(node.url, "system_name") == "deltachain"
 
 
-async def test_max_connections(safe_node: Node) -> None:
+async def test_max_connections(safe_node: NodeProcess) -> None:
     async with aiohttp.ClientSession() as http:
         sockets = [await http.ws_connect(safe_node.url) for _ in range(3)]
         try:
@@ -785,7 +705,7 @@ def test_node_stops_promptly_with_an_open_websocket(tmp_path: Path) -> None:
 # --- metrics -----------------------------------------------------------------------------------
 
 
-def test_metrics_endpoint(node: Node) -> None:
+def test_metrics_endpoint(node: NodeProcess) -> None:
     assert call(node.url, "system_name") == "deltachain"
     error(
         node.url,
@@ -825,7 +745,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def test_cli_query_tables_and_json(node: Node) -> None:
+def test_cli_query_tables_and_json(node: NodeProcess) -> None:
     table = cli("query", "model", "sine-mlp", "--rpc", node.url).stdout
     assert re.search(r"^id\s+sine-mlp$", table, re.M)
     assert re.search(r"^name\s+shape\s+global$", table, re.M)  # the layers table
@@ -850,7 +770,7 @@ def test_cli_query_tables_and_json(node: Node) -> None:
     assert json.loads(cli("query", "models", "--rpc", node.url, "--json").stdout) == ["sine-mlp"]
 
 
-def test_cli_submit_waits_over_websocket_and_query_tx(node: Node, tmp_path: Path) -> None:
+def test_cli_submit_waits_over_websocket_and_query_tx(node: NodeProcess, tmp_path: Path) -> None:
     out = cli(
         "remark",
         "hello",
@@ -884,7 +804,7 @@ def test_cli_submit_waits_over_websocket_and_query_tx(node: Node, tmp_path: Path
     assert np.load(weights).shape == (model["numParams"],)
 
 
-def test_cli_wrong_chain_and_rejections(node: Node, tmp_path: Path) -> None:
+def test_cli_wrong_chain_and_rejections(node: NodeProcess, tmp_path: Path) -> None:
     other = dev_chain_spec(slot_ms=300).to_json()
     other["name"] = "Another Chain"
     spec = tmp_path / "other.json"
