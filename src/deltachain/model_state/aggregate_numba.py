@@ -863,7 +863,7 @@ def _largest_count(counter: np.ndarray, zero_fill: bool) -> np.int32:
 
 @_jit()
 def _needs_keys(cnt: int, f: int, zero_fill: bool) -> bool:
-    """Whether a coordinate's result is not implied by its counts (see :func:`_sparse_kernel`)."""
+    """Whether a coordinate's result is not implied by its counts (see :func:`_sparse_block`)."""
     senders = cnt & _COUNT
     if zero_fill:
         neg = (cnt >> 13) & _COUNT
