@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import threading
 
 import pytest
 
@@ -25,7 +27,7 @@ from deltachain.primitives.block import Block
 from deltachain.primitives.chainspec import dev_chain_spec, parse_chain_spec
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 from deltachain.primitives.types import Slot
-from deltachain.runtime import system
+from deltachain.runtime import executive, system
 from deltachain.runtime.executive import apply_transaction, check_transaction, env_for
 from support import ALICE, BOB, CHARLIE, DAVE, MemChain
 
@@ -131,6 +133,28 @@ def test_block_with_invalid_transaction_is_rejected() -> None:
     with pytest.raises(InvalidBlock, match="transaction 0"):
         chain.import_block(forged)
     assert chain.head.number == 0
+
+
+def test_large_block_checks_signatures_in_parallel_with_the_same_outcome() -> None:
+    """A block of >= PARALLEL_VERIFY_MIN transactions verifies signatures on a thread pool
+    first; the state root, and the error for a forged one (by index), stay as in line."""
+    chain = MemChain()
+    n = executive.PARALLEL_VERIFY_MIN + 3
+    txs = [chain.tx(BOB, "system", "remark", {"data": bytes([i])}, nonce=i) for i in range(n)]
+    assert len(txs) >= executive.PARALLEL_VERIFY_MIN
+    ok = executive.signatures_verified(txs, chain.genesis_hash)
+    assert ok == [True] * n or (os.cpu_count() or 1) < 2
+    block, _ = chain.build(txs)
+    forged_txs = list(block.transactions)
+    forged_txs[57] = dataclasses.replace(forged_txs[57], signature=CHARLIE.sign(b"x"))
+    forged = _reseal(chain, block, transactions=tuple(forged_txs))
+    assert executive.signatures_verified(forged_txs, chain.genesis_hash)[57] is False
+    with pytest.raises(InvalidBlock, match=r"transaction 57 .* signature does not verify"):
+        chain.import_block(forged)
+    assert chain.head.number == 0
+    chain.import_block(block)  # the valid block's root matches the builder's (in line) root
+    assert chain.nonce(BOB) == n
+    assert not [t for t in threading.enumerate() if t.name.startswith("verify")]
 
 
 def _reseal(
