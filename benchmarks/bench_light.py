@@ -36,6 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
 from deltachain.chain import construct_runtime
 from deltachain.consensus.aura import author_of
 from deltachain.consensus.finality import Checkpoint, Justification, Link, VoteRecord, sign_vote
@@ -56,21 +58,10 @@ from deltachain.node.rpc import RpcServer
 from deltachain.node.service import chain_runner
 from deltachain.primitives.block import Header
 from deltachain.primitives.chainspec import DEV_MODEL, dev_chain_spec, parse_chain_spec
-from deltachain.primitives.types import Address, BlockNumber, Signature, Slot
+from deltachain.primitives.types import BlockNumber, Signature, Slot
 from deltachain.runtime.executive import build_genesis
 from deltachain.runtime.state import MemoryStateStore, State
-
-
-def realistic_header(number: int = 10_000_000) -> Header:
-    return Header(
-        Hash32(b"\x11" * 32),
-        BlockNumber(number),
-        Slot(1_760_000_000_000 // 6000),
-        Hash32(b"\x22" * 32),
-        Hash32(b"\x33" * 32),
-        Address(b"\x44" * 32),
-        Signature(b"\x55" * 64),
-    )
+from support import realistic_header
 
 
 def spec_with(authorities: list[Keypair], num_params: int | None = None) -> Any:

@@ -25,9 +25,20 @@ START_S = 120.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct loopback ports that were free a moment ago (all bound at once, then freed)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        socks.append(s)
+    ports = [int(s.getsockname()[1]) for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @dataclass

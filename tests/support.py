@@ -7,11 +7,12 @@ from typing import Any
 
 from deltachain.chain import construct_runtime
 from deltachain.consensus.aura import seal_header, verify_header
+from deltachain.crypto.hashing import Hash32
 from deltachain.crypto.keys import Keypair
 from deltachain.primitives.block import Block, Header
 from deltachain.primitives.chainspec import ChainSpec, dev_chain_spec
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
-from deltachain.primitives.types import BlockNumber, Slot
+from deltachain.primitives.types import Address, BlockNumber, Signature, Slot
 from deltachain.runtime import system
 from deltachain.runtime.executive import (
     BlockOutput,
@@ -96,3 +97,16 @@ class MemChain:
         block, _ = self.build(txs)
         self.import_block(block)
         return block
+
+
+def realistic_header(number: int = 10_000_000) -> Header:
+    """Worst-case field sizes: a large block number and a unix-ms-sized slot, a full seal."""
+    return Header(
+        Hash32(b"\x11" * 32),
+        BlockNumber(number),
+        Slot(1_760_000_000_000 // 6000),
+        Hash32(b"\x22" * 32),
+        Hash32(b"\x33" * 32),
+        Address(b"\x44" * 32),
+        Signature(b"\x55" * 64),
+    )

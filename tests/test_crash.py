@@ -35,6 +35,7 @@ from deltachain.primitives.types import Hash32
 from deltachain.runtime import system
 from deltachain.runtime.executive import apply_block, build_genesis
 from deltachain.runtime.state import MemoryStateStore, State
+from node_process import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +44,6 @@ ALICE = Keypair.dev("alice")
 AUTHORED = re.compile(r"authored #(\d+) \(0x([0-9a-f]+)")
 STARTED = re.compile(r"best #(\d+), database")
 WAIT_S = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NodeProcess:
@@ -344,6 +339,19 @@ def _make_unrelated(base: Path) -> None:
     conn.close()
 
 
+def start_refused(args: list[str]) -> list[str]:
+    """Run ``deltachain node ARGS``, which must refuse to start (exit 1); its stderr lines."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "deltachain.node.cli", "node", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 1, proc.stderr
+    return proc.stderr.strip().splitlines()
+
+
 def _make_meta_deleted(base: Path) -> None:
     Chain(dev_chain_spec(slot_ms=SLOT_MS), construct_runtime(), base).close()
     conn = sqlite3.connect(base / DB_FILE)
@@ -367,16 +375,8 @@ def test_node_refuses_foreign_or_corrupt_database(
     base = tmp_path / "node"
     make(base)
     before = {p.name: _digest(p) for p in base.iterdir()}
-    proc = subprocess.run(
-        [sys.executable, "-m", "deltachain.node.cli", "node", *node_args(spec_file, base)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1, proc.stderr
-    assert len(lines) == 1, proc.stderr
+    lines = start_refused(node_args(spec_file, base))
+    assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
     assert expected in lines[0]
     assert "--base-path" in lines[0]
@@ -389,16 +389,8 @@ def test_node_refuses_a_base_path_in_use(
     base = tmp_path / "node"
     first = start_node(*node_args(spec_file, base))
     first.wait_for(AUTHORED)
-    proc = subprocess.run(
-        [sys.executable, "-m", "deltachain.node.cli", "node", *node_args(spec_file, base)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1, proc.stderr
-    assert len(lines) == 1, proc.stderr
+    lines = start_refused(node_args(spec_file, base))
+    assert len(lines) == 1, lines
     assert lines[0].startswith("error: ")
     assert f"pid {first.proc.pid}" in lines[0]
     count = len(first.lines)
@@ -411,22 +403,9 @@ def test_node_refuses_a_busy_rpc_port(tmp_path: Path, spec_file: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "deltachain.node.cli",
-                "node",
-                *node_args(spec_file, tmp_path / "node", port),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1, proc.stderr
-    assert lines[-1].startswith("error: "), proc.stderr
+        lines = start_refused(node_args(spec_file, tmp_path / "node", port))
+    assert lines[-1].startswith("error: "), lines
     assert "--rpc-port" in lines[-1]
-    assert "Traceback" not in proc.stderr
-    assert "stopped cleanly" not in proc.stderr
+    stderr = "\n".join(lines)
+    assert "Traceback" not in stderr
+    assert "stopped cleanly" not in stderr

@@ -39,11 +39,11 @@ from deltachain.node.rpc import RpcServer
 from deltachain.primitives.block import Header
 from deltachain.primitives.chainspec import DEV_MODEL, dev_chain_spec, parse_chain_spec
 from deltachain.primitives.transaction import sign_transaction
-from deltachain.primitives.types import Address, BlockNumber, Signature, Slot
+from deltachain.primitives.types import BlockNumber, Signature, Slot
 from deltachain.runtime import system
 from deltachain.runtime.authority import proposal_id
 from deltachain.runtime.state import State, key_hash, value_hash
-from support import ALICE, BOB, CHARLIE, DAVE, MemChain
+from support import ALICE, BOB, CHARLIE, DAVE, MemChain, realistic_header
 
 EVE = Keypair.dev("eve")
 FRANK = Keypair.dev("frank")
@@ -312,19 +312,6 @@ def test_bootstrap_from_the_genesis_hash_alone(world: World) -> None:
 
 
 # --- persistent state --------------------------------------------------------------------
-
-
-def realistic_header(number: int = 10_000_000) -> Header:
-    """Worst-case field sizes: a large block number and a unix-ms-sized slot, a full seal."""
-    return Header(
-        Hash32(b"\x11" * 32),
-        BlockNumber(number),
-        Slot(1_760_000_000_000 // 6000),
-        Hash32(b"\x22" * 32),
-        Hash32(b"\x33" * 32),
-        Address(b"\x44" * 32),
-        Signature(b"\x55" * 64),
-    )
 
 
 @pytest.mark.parametrize("size", [4, 16])

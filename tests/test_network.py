@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,6 +28,7 @@ from deltachain.node.network import (
     RequestHandler,
     peer_id_from_seed,
 )
+from node_process import free_ports
 
 TOPIC = "deltachain/test/blocks"
 ECHO = "/deltachain/test/echo/1"
@@ -36,18 +36,6 @@ ECHO = "/deltachain/test/echo/1"
 
 def seed(i: int) -> bytes:
     return hashlib.sha256(f"test-node-{i}".encode()).digest()
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def addr(i: int, port: int) -> str:

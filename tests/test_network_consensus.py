@@ -20,7 +20,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +47,7 @@ from deltachain.primitives.transaction import sign_transaction
 from deltachain.primitives.types import BlockNumber, Signature, Slot
 from deltachain.runtime.executive import build_block
 from deltachain.runtime.module import BlockEnv
+from node_process import free_ports
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -67,18 +67,6 @@ def four_validator_spec(slot_ms: int = SLOT_MS) -> ChainSpec:
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,8 +85,9 @@ def multiaddr(port: int, peer_id: str) -> str:
     return f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id}"
 
 
-def _write_new_file(path: Path, text: str) -> None:
-    """Write atomically (mode 0644); raise DeltachainError if ``path`` exists."""
+def _write_atomic(path: Path, text: str, *, replace: bool) -> None:
+    """Write ``text`` to a temp file beside ``path`` (mode 0644, fsynced), then move it into
+    place: replacing ``path``, or -- ``replace=False`` -- raising DeltachainError if it exists."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
         os.fchmod(fd, 0o644)
@@ -94,24 +95,13 @@ def _write_new_file(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return
         try:
             os.link(tmp, path)  # fails if the name exists, unlike rename
         except FileExistsError:
             raise DeltachainError(f"{path} already exists; refusing to overwrite it") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _write_replace(path: Path, text: str) -> None:
-    """Write atomically, replacing ``path`` (temp file, fsync, rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -168,7 +158,7 @@ def new_chain_spec(
     from deltachain.primitives.chainspec import parse_chain_spec
 
     spec = parse_chain_spec(raw)
-    _write_new_file(spec_path, json.dumps(raw, indent=2) + "\n")
+    _write_atomic(spec_path, json.dumps(raw, indent=2) + "\n", replace=False)
     return spec
 
 
@@ -243,7 +233,7 @@ class NodeRecord:
 
 def write_state(directory: Path, chain: Path, nodes: Sequence[NodeRecord]) -> None:
     state = {"chain": str(chain), "nodes": [n.to_json() for n in nodes]}
-    _write_replace(directory / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    _write_atomic(directory / STATE_FILE, json.dumps(state, indent=2) + "\n", replace=True)
 
 
 def read_state(directory: Path) -> list[NodeRecord]:
