@@ -411,18 +411,25 @@ def test_short_round_carries_over_until_min_deltas() -> None:
     assert version(chain) == 1
 
 
-def test_max_deltas_closes_at_once_and_rejects_more() -> None:
+def test_max_deltas_closes_at_once_and_fails_the_surplus_delta() -> None:
+    """The third delta of a 2-delta round is included as a failed call: its nonce is used
+    (nothing of its sender's is stranded) and the event says the round was full."""
     chain = new_chain(roundLen=100, minDeltas=2, maxDeltas=2)
+    surplus = submit(chain, DAVE, make_delta(chain, 3))
     block, built = chain.build(
         [
             submit(chain, BOB, make_delta(chain, 1)),
             submit(chain, CHARLIE, make_delta(chain, 2)),
-            submit(chain, DAVE, make_delta(chain, 3)),
+            surplus,
         ]
     )
-    assert [type(e) for _, e in built.rejected] == [RoundFull]
+    assert built.rejected == []
+    assert len(block.transactions) == 3
+    failed = built.output.tx_events[2]
+    assert [(e.name, e.data["error"]) for e in failed] == [("ExtrinsicFailed", "RoundFull")]
     chain.import_block(block)
     assert version(chain) == 1
+    assert chain.nonce(DAVE) == 1
 
 
 def test_stale_base_version_is_rejected() -> None:

@@ -64,11 +64,8 @@ def test_register_then_client_can_transact() -> None:
 @pytest.mark.parametrize(
     ("make", "error"),
     [
-        (lambda c: c.tx(BOB, "system", "register_client", {"client": DAVE.address}), Unauthorized),
         (lambda c: c.tx(DAVE, "system", "remark", {"data": b""}), Unauthorized),
         (lambda c: c.tx(BOB, "system", "remark", {"data": b""}, nonce=5), FutureNonce),
-        (lambda c: c.tx(ALICE, "system", "register_client", {"client": BOB.address}), InvalidCall),
-        (lambda c: c.tx(ALICE, "system", "revoke_client", {"client": DAVE.address}), InvalidCall),
         (lambda c: c.tx(ALICE, "system", "register_client", {"client": b"short"}), InvalidCall),
         (lambda c: c.tx(BOB, "system", "remark", {"data": b"x" * 5000}), InvalidCall),
         (lambda c: c.tx(BOB, "system", "remark", {"data": "text"}), InvalidCall),
@@ -91,6 +88,33 @@ def test_invalid_transactions_are_rejected_and_change_nothing(make, error) -> No
         apply_transaction(chain.runtime, state, tx, env_for(chain.head, chain.genesis_hash))
     assert state.pending() == {}
     assert state.commit_root().root == chain.head.state_root
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda c: c.tx(BOB, "system", "register_client", {"client": DAVE.address}), Unauthorized),
+        (lambda c: c.tx(ALICE, "system", "register_client", {"client": BOB.address}), InvalidCall),
+        (lambda c: c.tx(ALICE, "system", "revoke_client", {"client": DAVE.address}), InvalidCall),
+    ],
+)
+def test_refused_calls_are_refused_by_the_pool_and_fail_in_a_block(make, error) -> None:  # type: ignore[no-untyped-def]
+    """A valid transaction whose call the module refuses is not admitted to the pool; in a
+    block (it may have become refusable after pooling) it uses its nonce, writes nothing
+    else and records ExtrinsicFailed with the reason, as Substrate does."""
+    chain = MemChain()
+    tx = make(chain)
+    state = chain.state()
+    with pytest.raises(error) as refused:
+        check_transaction(chain.runtime, state, tx, chain.genesis_hash)
+    events = apply_transaction(chain.runtime, state, tx, env_for(chain.head, chain.genesis_hash))
+    assert [(e.module, e.name) for e in events] == [("system", "ExtrinsicFailed")]
+    assert events[0].data == {"error": error.__name__, "reason": str(refused.value)}
+    diff = state.commit_root()
+    assert diff.root != chain.head.state_root  # the nonce moved ...
+    fresh = chain.state()
+    system.bump_nonce(fresh, tx.sender)
+    assert fresh.commit_root().root == diff.root  # ... and nothing else did
 
 
 def test_forged_signature_is_rejected() -> None:

@@ -228,26 +228,19 @@ class ModelStateModule(Module):
             return decode_submit_delta(args)
         raise UnknownCall(f"module 'model_state' has no function {function!r}")
 
-    def validate_call(self, state: State, sender: Address, call: object) -> None:
+    def precheck_call(self, state: State, sender: Address, call: object) -> None:
+        """What the model's fixed configuration decides: any delta of any nonce gets these."""
         if not isinstance(call, SubmitDelta):
             raise UnknownCall(f"model_state cannot apply {type(call).__name__}")
         if not system.is_client(state, sender):
             raise Unauthorized(
                 "only registered clients may submit deltas; ask the admin to register this address"
             )
-        try:
-            record = self.record(state, call.model)
-        except NotFound:
-            raise InvalidCall(f"no model {call.model!r} on this chain") from None
+        record = self._record_for(state, call)
         config = record.config
         if call.base_version > record.version:
             raise InvalidCall(
                 f"base version {call.base_version} is ahead of the model (version {record.version})"
-            )
-        if call.base_version + config.staleness < record.version:
-            raise StaleDelta(
-                f"base version {call.base_version} is stale: the model is at "
-                f"version {record.version}; download it and train again"
             )
         check_exponent(call.exp, config.frac_bits)
         if int(call.indices[-1]) >= config.num_params:
@@ -266,6 +259,24 @@ class ModelStateModule(Module):
                 raise InvalidCall(
                     f"delta index {bad} is in a local layer; only global layers are aggregated"
                 )
+
+    def _record_for(self, state: State, call: SubmitDelta) -> ModelRecord:
+        try:
+            return self.record(state, call.model)
+        except NotFound:
+            raise InvalidCall(f"no model {call.model!r} on this chain") from None
+
+    def validate_call(self, state: State, sender: Address, call: object) -> None:
+        """The round's state: staleness, one delta per client per round, the round's size."""
+        if not isinstance(call, SubmitDelta):
+            raise UnknownCall(f"model_state cannot apply {type(call).__name__}")
+        record = self._record_for(state, call)
+        config = record.config
+        if call.base_version + config.staleness < record.version:
+            raise StaleDelta(
+                f"base version {call.base_version} is stale: the model is at "
+                f"version {record.version}; download it and train again"
+            )
         if state.get(key_delta(call.model, sender)) is not None:
             raise DuplicateDelta(
                 f"this client already submitted a delta for model "
@@ -278,7 +289,6 @@ class ModelStateModule(Module):
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
     ) -> list[Event]:
-        self.validate_call(state, sender, call)
         if not isinstance(call, SubmitDelta):  # validate_call raised already; for the type checker
             raise UnknownCall("model_state cannot apply this call")
         state.set(

@@ -175,7 +175,6 @@ class AuthorityModule(Module):
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
     ) -> list[Event]:
-        self.validate_call(state, sender, call)
         authorities = system.get_authorities(state)
         if isinstance(call, ProposeChange):
             new = proposed_set(authorities, call)

@@ -94,9 +94,16 @@ def check_transaction(
     *,
     allow_future: bool = False,
     signature_verified: bool = False,
+    dispatch: bool = True,
 ) -> CheckedTransaction:
     """Everything that decides whether ``tx`` may be applied now (or, with allow_future, later).
     ``signature_verified`` skips only the signature check, which the caller already passed.
+
+    Validity (decoding, sender, nonce, signature) always runs. The module's checks run too,
+    unless ``dispatch`` is False (block execution, where ``dispatch_call`` runs them in block
+    order): ``precheck_call`` for any nonce -- what the model's configuration alone decides --
+    and ``validate_call`` (round state) only for the next nonce, since earlier transactions
+    may change the state it reads.
 
     Raises: UnknownCall / InvalidCall (bad call), Unauthorized (sender not on this permissioned
     chain, or not allowed this call), StaleNonce / FutureNonce, WrongChain (signature does not
@@ -118,9 +125,39 @@ def check_transaction(
             raise WrongChain(
                 "signature does not verify for this chain (wrong key or wrong genesis hash)"
             ) from None
-    if tx.nonce == expected:
-        module.validate_call(state, tx.sender, call)
+    if dispatch:
+        module.precheck_call(state, tx.sender, call)
+        if tx.nonce == expected:
+            module.validate_call(state, tx.sender, call)
     return CheckedTransaction(tx, call)
+
+
+EXTRINSIC_FAILED: Final = "ExtrinsicFailed"
+
+
+def dispatch_call(
+    runtime: Runtime, state: State, checked: CheckedTransaction, env: BlockEnv
+) -> list[Event]:
+    """Run a valid transaction's call. A call the module refuses (a full round, a stale base,
+    a non-admin registering a client) is still included, as Substrate includes a failed
+    extrinsic: the nonce is used, nothing else is written, and an ``ExtrinsicFailed`` event
+    records why. So a transaction that was valid when it was pooled always reaches a block
+    with a stated outcome, and no later nonce of its sender is stranded behind it."""
+    tx = checked.tx
+    module = runtime.module(tx.call.module)
+    try:
+        with state.layer():
+            module.precheck_call(state, tx.sender, checked.call)
+            module.validate_call(state, tx.sender, checked.call)
+            return module.apply_call(state, tx.sender, checked.call, env, tx.hash)
+    except InvalidTransaction as exc:
+        return [
+            Event(
+                "system",
+                EXTRINSIC_FAILED,
+                {"error": type(exc).__name__, "reason": str(exc)},
+            )
+        ]
 
 
 def apply_transaction(
@@ -131,15 +168,19 @@ def apply_transaction(
     *,
     signature_verified: bool = False,
 ) -> list[Event]:
-    """Check and apply one transaction atomically: on any error nothing it wrote remains."""
+    """Check and apply one transaction. An invalid one (InvalidTransaction: bad sender, nonce
+    or signature) writes nothing; a valid one uses its nonce, whatever its call does."""
     checked = check_transaction(
-        runtime, state, tx, env.genesis_hash, signature_verified=signature_verified
+        runtime,
+        state,
+        tx,
+        env.genesis_hash,
+        signature_verified=signature_verified,
+        dispatch=False,
     )
     with state.layer():
         system.bump_nonce(state, tx.sender)
-        return runtime.module(tx.call.module).apply_call(
-            state, tx.sender, checked.call, env, tx.hash
-        )
+        return dispatch_call(runtime, state, checked, env)
 
 
 def finalize_block(runtime: Runtime, state: State, env: BlockEnv) -> list[Event]:

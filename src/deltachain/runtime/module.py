@@ -51,15 +51,23 @@ class Module(ABC):
         """Turn wire arguments into a typed call (raise UnknownCall / InvalidCall)."""
         raise UnknownCall(f"module {self.name!r} has no function {function!r}")
 
+    def precheck_call(self, state: State, sender: Address, call: object) -> None:
+        """Checks that hold whatever transactions come first (e.g. against a model's fixed
+        configuration): the pool runs them for every transaction, future nonces included."""
+        return None
+
     def validate_call(self, state: State, sender: Address, call: object) -> None:
-        """Checks that need state but change nothing; the pool runs these before admitting a tx."""
+        """Checks against state that earlier transactions may change (e.g. a round's members);
+        the pool runs these for a sender's next nonce, block execution right before
+        ``apply_call``. A failure in a block is a failed call, not an invalid block."""
         return None
 
     @abstractmethod
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
     ) -> list[Event]:
-        """Apply a call that ``validate_call`` accepted (raise InvalidTransaction otherwise)."""
+        """Apply a call that ``precheck_call`` and ``validate_call`` accepted on this very state
+        (the executive runs them first, so this does not repeat them)."""
 
     def on_finalize(self, state: State, env: BlockEnv) -> list[Event]:
         """End-of-block hook (e.g. closing a model round)."""
