@@ -28,7 +28,6 @@ from deltachain.model_state.delta import (
 from deltachain.model_state.module import (
     DuplicateDelta,
     ModelStateModule,
-    RoundFull,
     StaleDelta,
     key_model,
 )

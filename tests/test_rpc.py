@@ -313,7 +313,8 @@ def test_author_methods_and_remove_extrinsic(node: NodeProcess) -> None:
     )
     assert removed == ["0x" + future.hash.hex()]
     assert call(node.url, "author_extrinsicStatus", "0x" + future.hash.hex()) == {
-        "status": "unknown"
+        "status": "dropped",
+        "reason": "removed by author_removeExtrinsic",
     }
     assert call(node.url, "author_removeExtrinsic", ["0x" + future.hash.hex()]) == []
 

@@ -147,6 +147,10 @@ class AlreadyKnown(PoolRejected):
     """The same transaction is already in the pool."""
 
 
+class Banned(PoolRejected):
+    """A transaction found invalid recently; the pool refuses its hash for a while."""
+
+
 class PoolFull(PoolRejected):
     """The pool is at its count or byte limit; retry later."""
 

@@ -228,6 +228,7 @@ class Fleet:
         self.heldout: list[Device] = []
         self.verifiers: dict[int, Verifier] = {}
         self.nonces: dict[int, int] = {}
+        self.max_deltas = 0
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -244,6 +245,13 @@ class Fleet:
                     f"{', '.join(self.node.call('model_list')) or 'none'}); pass --model"
                 ) from None
             raise
+        if self.local is None and cfg.devices < int(model["minDeltas"]):
+            raise DeltachainError(
+                f"model {cfg.model_id!r} closes a round only with minDeltas = "
+                f"{model['minDeltas']} deltas, but the fleet has {cfg.devices} devices; "
+                f"run with --devices {model['minDeltas']} or more"
+            )
+        self.max_deltas = int(model["maxDeltas"])
         spec = MLPSpec.from_config(model)
         spec.check_task(self.task.input_dim, self.task.output_dim, cfg.task)
         self.spec = spec
@@ -336,9 +344,35 @@ class Fleet:
             if time.monotonic() > deadline:
                 raise RoundFailed(
                     f"{what} did not complete within {self.config.timeout:.0f} s; "
-                    "is the node authoring and finalizing blocks?"
+                    + self._round_state()
                 )
             time.sleep(self.config.poll)
+
+    def _included(self, first: int, last: int) -> int:
+        """How many of this fleet's deltas the chain aggregated into versions first..last:
+        what the devices were told is accepted counts only once provenance shows it."""
+        ours = {address_to_str(d.key.address) for d in self.devices if d.key is not None}
+        count = 0
+        for version in range(first, last + 1):
+            record = self.node.call("model_getProvenance", self.config.model_id, version)
+            count += sum(1 for delta in record["deltas"] if delta["client"] in ours)
+        return count
+
+    def _round_state(self) -> str:
+        """Why a round may not have closed yet, from the chain's own round progress."""
+        try:
+            progress = self.node.call("model_get", self.config.model_id)["round"]
+        except (RpcFailed, KeyError, TypeError):
+            return "is the node authoring and finalizing blocks?"
+        if progress.get("needs"):
+            return (
+                f"the round holds {progress['count']} of the minDeltas {progress['minDeltas']} "
+                "deltas it needs to close"
+            )
+        return (
+            f"the round holds {progress['count']} deltas (minDeltas {progress['minDeltas']}); "
+            "is the node authoring and finalizing blocks?"
+        )
 
     def _finalized_version(self) -> int:
         block = self.node.call("chain_getFinalizedHead")
@@ -402,16 +436,16 @@ class Fleet:
             accepted += 1
         if self.local is not None:
             self.local.produce_block()
-            dropped = [f"device ?: {exc}" for _, exc in self.local.rejected]
+            errors.extend(f"device ?: {exc}" for _, exc in self.local.rejected)
             self.local.rejected.clear()
-            if dropped:
-                errors.extend(dropped)
-                accepted -= len(dropped)
         if accepted == 0:
             raise RoundFailed("no delta was accepted: " + "; ".join(errors[:3]))
         for e in errors[:3]:
-            self._say(f"  rejected: {e}")
+            self._say(f"  refused: {e}")
+        if len(errors) > 3:
+            self._say(f"  … and {len(errors) - 3} more refused")
         self._wait(lambda: self._finalized_version() > version, f"round {number}")
+        accepted = self._included(version + 1, self._finalized_version())
         score, verified = self.evaluate()
         n = len(costs)
         total = sum(costs, RoundCost())

@@ -236,7 +236,14 @@ class LocalChain:
         return _json(self.model_state.query(self.state(), "list", {}))
 
     def _rpc_model_get(self, model: str) -> Any:
-        return _json(self.model_state.query(self.state(), "get", {"model": model}))
+        return _json(
+            self.model_state.query(self.state(), "get", {"model": model, "at": self.head.number})
+        )
+
+    def _rpc_model_getProvenance(self, model: str, version: int) -> Any:
+        return _json(
+            self.model_state.query(self.state(), "provenance", {"model": model, "version": version})
+        )
 
     def _rpc_model_getChunkProof(self, model: str, index: int, block: Any = None) -> Any:
         wanted = self._block(block)

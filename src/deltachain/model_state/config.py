@@ -5,6 +5,7 @@ Everything that reaches consensus is an integer or a rational ``num/den``; float
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -47,7 +48,7 @@ class Layer:
     is_global: bool
     init_std: Rational | None
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
@@ -67,7 +68,7 @@ class ModelConfig:
     staleness: int
     init: Mapping[str, Any]
 
-    @property
+    @functools.cached_property
     def num_params(self) -> int:
         return sum(layer.size for layer in self.layers)
 
@@ -77,12 +78,16 @@ class ModelConfig:
 
     def global_ranges(self) -> list[tuple[int, int]]:
         """[start, end) of every global layer in the flat parameter vector."""
+        return list(self._global_ranges)
+
+    @functools.cached_property
+    def _global_ranges(self) -> tuple[tuple[int, int], ...]:
         ranges, offset = [], 0
         for layer in self.layers:
             if layer.is_global:
                 ranges.append((offset, offset + layer.size))
             offset += layer.size
-        return ranges
+        return tuple(ranges)
 
     def global_mask(self) -> np.ndarray:
         mask = np.zeros(self.num_params, dtype=bool)

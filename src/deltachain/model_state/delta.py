@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -159,12 +159,14 @@ class SubmitDelta:
     samples: int
     loss_pre: int | None
     loss_post: int | None
+    wire_gaps: bytes | None = field(default=None, compare=False, repr=False)
+    """The canonical Rice code it was decoded from, so storing it does not encode it again."""
 
     def to_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {
             "model": self.model,
             "baseVersion": self.base_version,
-            "gaps": encode_gaps(self.indices),
+            "gaps": self.wire_gaps if self.wire_gaps is not None else encode_gaps(self.indices),
             "values": self.values.astype(np.int8).tobytes(),
             "exp": self.exp,
             "samples": self.samples,
@@ -237,6 +239,7 @@ def decode_submit_delta(args: Mapping[str, Any]) -> SubmitDelta:
         _uint(args, "samples"),
         losses[0],
         losses[1],
+        raw_gaps,  # decode_gaps accepted only the canonical code, so this is what encode gives
     )
 
 

@@ -22,7 +22,7 @@ provenance.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,7 +92,7 @@ class RoundFull(InvalidCall):
     """The round already holds maxDeltas deltas."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelRecord:
     config: ModelConfig
     version: int
@@ -139,7 +139,7 @@ class ModelStateModule(Module):
             raise ValueError("kernel must be numba or reference")
         self._kernel_name = kernel
         self._kernels: tuple[Kernel, Update] | None = None
-        self._configs: dict[bytes, ModelConfig] = {}
+        self._records: dict[bytes, ModelRecord] = {}
         self.last_aggregation_seconds = 0.0
 
     def _loaded(self) -> tuple[Kernel, Update]:
@@ -189,24 +189,28 @@ class ModelStateModule(Module):
         raw = state.get(key_model(model))
         if raw is None:
             raise NotFound(f"no model {model!r} on this chain")
+        found = self._records.get(raw)
+        if found is not None:  # every delta check reads it: decode each version once
+            return found
         obj = codec.decode(raw)
-        config = self._configs.get(raw)
-        if config is None:
-            config = parse_model(
-                {
-                    **obj["config"],
-                    "layers": [
-                        {
-                            "name": la["name"],
-                            "shape": la["shape"],
-                            "kind": "global" if la["global"] else "local",
-                        }
-                        for la in obj["config"]["layers"]
-                    ],
-                }
-            )
-            self._configs[raw] = config
-        return ModelRecord(config, obj["version"], obj["roundStart"], Hash32(obj["weightsRoot"]))
+        config = parse_model(
+            {
+                **obj["config"],
+                "layers": [
+                    {
+                        "name": la["name"],
+                        "shape": la["shape"],
+                        "kind": "global" if la["global"] else "local",
+                    }
+                    for la in obj["config"]["layers"]
+                ],
+            }
+        )
+        record = ModelRecord(config, obj["version"], obj["roundStart"], Hash32(obj["weightsRoot"]))
+        self._records[raw] = record
+        while len(self._records) > 256:
+            self._records.pop(next(iter(self._records)))
+        return record
 
     def weights(self, state: State, config: ModelConfig) -> np.ndarray:
         parts = []
@@ -285,6 +289,30 @@ class ModelStateModule(Module):
             )
         if len(self.round_members(state, call.model)) >= config.max_deltas:
             raise RoundFull(f"the round for model {call.model!r} is full; wait for the next one")
+
+    def pool_claim(self, call: object) -> Hashable | None:
+        return ("model_state.round", call.model) if isinstance(call, SubmitDelta) else None
+
+    def validate_pending(
+        self, state: State, sender: Address, call: object, claimants: frozenset[Address]
+    ) -> None:
+        """Deltas already waiting in the pool count toward the round: a surplus one is
+        refused at submission, not admitted to fail later."""
+        if not isinstance(call, SubmitDelta) or not claimants:
+            return
+        if sender in claimants:
+            raise DuplicateDelta(
+                f"this client already has a delta for model {call.model!r} waiting in the "
+                "pool; wait for it to be included and the round to close"
+            )
+        record = self._record_for(state, call)
+        members = len(self.round_members(state, call.model))
+        if members + len(claimants) >= record.config.max_deltas:
+            raise RoundFull(
+                f"the round for model {call.model!r} is full ({members} deltas in, "
+                f"{len(claimants)} waiting, maxDeltas {record.config.max_deltas}); "
+                f"wait for version {record.version + 1}"
+            )
 
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
@@ -397,6 +425,26 @@ class ModelStateModule(Module):
 
     # --- queries ---------------------------------------------------------------------------
 
+    def _round_progress(self, state: State, record: ModelRecord, at: object) -> dict[str, Any]:
+        """Where the open round stands: it closes at the first block that brings it to
+        ``maxDeltas``, or at ``closesAt`` or later once it holds ``minDeltas``. With ``at``
+        (the number of the block whose state this is) also how many blocks are left."""
+        config = record.config
+        members = self.round_members(state, config.id)
+        closes_at = record.round_start + config.round_len - 1
+        progress: dict[str, Any] = {
+            "start": record.round_start,
+            "deltas": [address_to_str(a) for a in members],
+            "count": len(members),
+            "minDeltas": config.min_deltas,
+            "maxDeltas": config.max_deltas,
+            "closesAt": closes_at,
+            "needs": max(0, config.min_deltas - len(members)),
+        }
+        if isinstance(at, int) and not isinstance(at, bool):
+            progress["blocksLeft"] = max(0, closes_at - at)
+        return progress
+
     def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
         if name == "list":
             raw = state.get(KEY_MODELS)
@@ -413,10 +461,7 @@ class ModelStateModule(Module):
                 "weightsRoot": "0x" + record.weights_root.hex(),
                 "numParams": config.num_params,
                 "chunkCount": config.num_chunks,
-                "round": {
-                    "start": record.round_start,
-                    "deltas": [address_to_str(a) for a in self.round_members(state, model)],
-                },
+                "round": self._round_progress(state, record, args.get("at")),
             }
         if name == "weights":
             return {

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,16 @@ from deltachain.consensus.finality import (
 )
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.crypto.trie import TrieProof, trie_prove
-from deltachain.errors import AlreadyKnown, DecodeError, DeltachainError, InvalidBlock, NotFound
+from deltachain.errors import (
+    AlreadyKnown,
+    Banned,
+    DecodeError,
+    DeltachainError,
+    InvalidBlock,
+    NotFound,
+    UnknownCall,
+    WrongChain,
+)
 from deltachain.node.storage import Storage
 from deltachain.node.txpool import PoolLimits, TxPool
 from deltachain.primitives.block import MAX_BLOCK_TXS, Block, Header
@@ -38,6 +48,7 @@ from deltachain.primitives.transaction import MAX_TX_SIZE, SignedTransaction
 from deltachain.primitives.types import Address, BlockNumber, Hash32, Slot
 from deltachain.runtime import system
 from deltachain.runtime.executive import (
+    EXTRINSIC_FAILED,
     BlockOutput,
     Runtime,
     apply_block,
@@ -52,6 +63,13 @@ from deltachain.runtime.state import MemoryStateStore, State, key_hash
 log = logging.getLogger("deltachain.chain")
 
 PRUNE_EVERY = 64
+MAX_FATES = 65_536
+"""How many let-go transactions the node remembers the fate of (author_extrinsicStatus)."""
+MAX_VERIFIED = 65_536
+"""How many checked signatures the node remembers, so block import does not check them again."""
+AUTHOR_BUDGET = 0.4
+"""The share of a slot an author may spend applying pool transactions: the block, its import
+and its gossip must fit in the slot however full the pool is."""
 
 
 @dataclass
@@ -90,6 +108,10 @@ class Chain:
             base_path, Block(genesis.header, ()), genesis.diff, spec.id, archive=archive
         )
         self.pool = TxPool(pool_limits)
+        self.fates: OrderedDict[Hash32, dict[str, object]] = OrderedDict()
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self.outbox: deque[bytes] = deque()
+        """Transactions this node accepted from its own users, for the node to gossip."""
         self._seals: dict[tuple[Slot, Address], Header] = {}
         self.evidence: list[tuple[str, bytes, bytes]] = []
         self.last_finalized_at = time.monotonic()
@@ -148,7 +170,9 @@ class Chain:
             )
         authorities = self.authorities_at(parent.hash)
         verify_header(block.header, parent, authorities, self.genesis_hash, now_slot=now_slot)
-        output = apply_block(self.runtime, self.state_at(parent.hash), block, self.genesis_hash)
+        output = apply_block(
+            self.runtime, self.state_at(parent.hash), block, self.genesis_hash, known=self._known
+        )
         result = ImportResult(block, output, 0.0)
         self._persist(block, output, result)
         return dataclasses.replace(result, seconds=time.perf_counter() - started)
@@ -170,9 +194,47 @@ class Chain:
         for block_hash in retracted:
             for tx in self.storage.block(block_hash).transactions:
                 with contextlib.suppress(DeltachainError):
-                    check_transaction(self.runtime, state, tx, self.genesis_hash, allow_future=True)
-                    self.pool.add(tx, len(tx.encode()), system.get_nonce(state, tx.sender))
-        self.pool.on_new_state(lambda who: system.get_nonce(state, who))
+                    self._readmit(tx, state)
+        for tx_hash in self.pool.on_new_state(lambda who: system.get_nonce(state, who)):
+            if not self._on_best_chain(tx_hash):
+                self._fate(tx_hash, "dropped", "its nonce was used by another transaction")
+        for tx_hash in self.pool.expire_futures():
+            self._fate(
+                tx_hash,
+                "dropped",
+                f"it waited {self.pool.limits.future_seconds:.0f} s behind a nonce gap that "
+                "never filled; resubmit from the account's next nonce",
+            )
+
+    def _readmit(self, tx: SignedTransaction, state: State) -> None:
+        """A transaction of a block that left the best chain goes back to the pool if it is
+        still valid (sender, nonce, signature). Round checks are left to its next block, which
+        states their outcome: refusing it here would strand its sender's later nonces."""
+        checked = check_transaction(
+            self.runtime,
+            state,
+            tx,
+            self.genesis_hash,
+            allow_future=True,
+            signature_verified=self._known(tx),
+            dispatch=False,
+        )
+        module = self.runtime.module(tx.call.module)
+        self.pool.add(
+            tx,
+            len(tx.encode()),
+            system.get_nonce(state, tx.sender),
+            priority=module.priority(checked.call),
+            claim=module.pool_claim(checked.call),
+            checked=checked,
+        )
+
+    def _on_best_chain(self, tx_hash: Hash32) -> bool:
+        try:
+            loc = self.storage.tx_location(tx_hash)
+        except NotFound:
+            return False
+        return self.storage.canonical_hash(loc.block_number) == loc.block_hash
 
     # --- fork choice -----------------------------------------------------------------------
 
@@ -334,12 +396,21 @@ class Chain:
         env = BlockEnv(
             self.genesis_hash, parent.hash, BlockNumber(parent.number + 1), slot, keypair.address
         )
+        slot_ms = self.spec.slot_ms
+        budget_s = (slot * slot_ms + AUTHOR_BUDGET * slot_ms) / 1000 - time.time()
         built = build_block(
-            self.runtime, self.state_at(parent.hash), env, self.pool.ready(), max_txs=MAX_BLOCK_TXS
+            self.runtime,
+            self.state_at(parent.hash),
+            env,
+            (checked for _, checked in self.pool.iter_ready() if checked is not None),
+            max_txs=MAX_BLOCK_TXS,
+            deadline=started + max(budget_s, 0.05),
         )
         for tx, exc in built.rejected:
             log.info("dropping transaction 0x%s…: %s", tx.hash.hex()[:16], exc)
+            self._fate(tx.hash, "invalid", str(exc))
         self.pool.remove(tx.hash for tx, _ in built.rejected)
+        self.pool.ban(self._verified_key(tx) for tx, _ in built.rejected)
         header = seal_header(built.header, keypair, self.genesis_hash)
         block = Block(header, built.transactions)
         result = ImportResult(block, built.output, 0.0)
@@ -349,37 +420,132 @@ class Chain:
 
     # --- transactions ----------------------------------------------------------------------
 
-    def submit_transaction(self, raw: bytes) -> tuple[Hash32, str]:
+    def submit_transaction(self, raw: bytes, *, announce: bool = True) -> tuple[Hash32, str]:
         """Validate and pool an encoded transaction; returns its hash and "ready"/"future".
+        With ``announce`` (the node's own users: RPC, CLI, light protocol) it is queued in
+        ``outbox`` for gossip; a peer's transaction is not, since gossip already spread it.
 
-        Raises DecodeError / OversizeError, InvalidTransaction subclasses, PoolRejected subclasses.
+        Raises DecodeError / OversizeError, InvalidTransaction subclasses, PoolRejected
+        subclasses (Banned for a hash found invalid recently).
         """
         if len(raw) > MAX_TX_SIZE:
             raise DecodeError(f"transaction is {len(raw)} bytes, over the limit of {MAX_TX_SIZE}")
         tx = SignedTransaction.decode(raw)
         if tx.hash in self.pool:
             raise AlreadyKnown(f"transaction 0x{tx.hash.hex()} is already in the pool")
-        state = self.best_state()
-        check_transaction(self.runtime, state, tx, self.genesis_hash, allow_future=True)
-        kind = self.pool.add(tx, len(raw), system.get_nonce(state, tx.sender))
+        kind = self._admit(tx, raw, self.best_state(), announce=announce)
         return tx.hash, kind
 
+    def submit_batch(self, raws: list[bytes]) -> dict[str, int]:
+        """A peer's gossiped transactions: pool what is new and valid, count the rest by
+        reason (one call on the chain thread for a whole batch)."""
+        counts: dict[str, int] = {}
+        for raw in raws:
+            try:
+                self.submit_transaction(raw, announce=False)
+                outcome = "accepted"
+            except DeltachainError as exc:
+                outcome = type(exc).__name__
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    def _admit(self, tx: SignedTransaction, raw: bytes, state: State, *, announce: bool) -> str:
+        """Check ``tx`` against ``state`` and the pool's pending claims, then pool it."""
+        if self.pool.is_banned(self._verified_key(tx)):
+            raise Banned(
+                f"transaction 0x{tx.hash.hex()} was found invalid recently and is banned for "
+                f"{self.pool.limits.ban_seconds:.0f} s; sign a corrected one"
+            )
+        try:
+            checked = check_transaction(
+                self.runtime,
+                state,
+                tx,
+                self.genesis_hash,
+                allow_future=True,
+                signature_verified=self._known(tx),
+            )
+        except (WrongChain, UnknownCall):
+            self.pool.ban([self._verified_key(tx)])  # forged, foreign or meaningless
+            raise
+        module = self.runtime.module(tx.call.module)
+        claim = module.pool_claim(checked.call)
+        if claim is not None and announce:
+            # Only what this node's own users submit is refused for what other pools hold:
+            # a peer's pool already took the transaction, so this one carries it too, and
+            # whichever author includes it states its fate (ExtrinsicFailed if the round
+            # filled first). Refusing it here would leave it to its first node's slot alone.
+            module.validate_pending(state, tx.sender, checked.call, self.pool.claimants(claim))
+        kind = self.pool.add(
+            tx,
+            len(raw),
+            system.get_nonce(state, tx.sender),
+            priority=module.priority(checked.call),
+            claim=claim,
+            checked=checked,
+        )
+        self._remember_verified(tx)
+        if announce:
+            self.outbox.append(raw)
+        return kind
+
+    def remove_transactions(self, tx_hashes: list[Hash32], reason: str) -> list[Hash32]:
+        """Drop pooled transactions on request; their fate says who dropped them."""
+        removed = [tx.hash for tx in self.pool.remove(tx_hashes)]
+        for tx_hash in removed:
+            self._fate(tx_hash, "dropped", reason)
+        return removed
+
+    def announce_pending(self, older_than_s: float) -> list[bytes]:
+        """Encoded pool transactions waiting for longer than ``older_than_s``: a peer that was
+        away when they were gossiped (a reconnect, a sync) has not seen them."""
+        cutoff = time.monotonic() - older_than_s
+        return [tx.encode() for tx in self.pool.pending_since(cutoff)]
+
+    # --- what became of a transaction ------------------------------------------------------
+
+    @staticmethod
+    def _verified_key(tx: SignedTransaction) -> bytes:
+        # The hash covers the body only: the signature must be part of what was verified.
+        return tx.hash + tx.signature
+
+    def _known(self, tx: SignedTransaction) -> bool:
+        return self._verified_key(tx) in self._verified
+
+    def _remember_verified(self, tx: SignedTransaction) -> None:
+        self._verified[self._verified_key(tx)] = None
+        while len(self._verified) > MAX_VERIFIED:
+            self._verified.popitem(last=False)
+
+    def _fate(self, tx_hash: Hash32, status: str, reason: str) -> None:
+        self.fates.pop(tx_hash, None)
+        self.fates[tx_hash] = {"status": status, "reason": reason}
+        while len(self.fates) > MAX_FATES:
+            self.fates.popitem(last=False)
+
     def transaction_status(self, tx_hash: Hash32) -> dict[str, object]:
+        """pool, inBlock or finalized (with ``failed`` if its call was refused in the block),
+        dropped or invalid with the reason (for what this node let go), else unknown."""
         if tx_hash in self.pool:
             return {"status": "pool"}
         try:
             loc = self.storage.tx_location(tx_hash)
         except NotFound:
-            return {"status": "unknown"}
+            return dict(self.fates.get(tx_hash, {"status": "unknown"}))
         finalized = self.storage.finalized_header().number >= loc.block_number and (
             self.storage.canonical_hash(loc.block_number) == loc.block_hash
         )
-        return {
+        status: dict[str, object] = {
             "status": "finalized" if finalized else "inBlock",
             "block": loc.block_number,
             "blockHash": "0x" + loc.block_hash.hex(),
             "index": loc.index,
         }
+        events = codec.decode(self.storage.block_events(loc.block_hash))
+        for module, name, data in events[loc.index] if loc.index < len(events) else []:
+            if (module, name) == ("system", EXTRINSIC_FAILED):
+                status["failed"] = {"error": data["error"], "reason": data["reason"]}
+        return status
 
     def env_of(self, block: Block) -> BlockEnv:
         return env_for(block.header, self.genesis_hash)

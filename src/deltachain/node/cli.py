@@ -258,13 +258,25 @@ def send_call(
     if args.wait != "none":
         try:
             client.submit_and_watch(tx_hex, args.wait, args.timeout, _status_printer(submitted))
-            return 0
+            return _call_outcome(client, "0x" + tx.hash.hex())
         except WebSocketUnavailable as exc:
             log.debug("%s; submitting over HTTP and polling", exc)
     tx_hash = client.call("author_submitExtrinsic", tx_hex)
     print(f"submitted {module}.{function} as {tx_hash}", flush=True)
     if args.wait != "none":
         wait_for(client, tx_hash, args.wait, args.timeout)
+        return _call_outcome(client, tx_hash)
+    return 0
+
+
+def _call_outcome(client: RpcClient, tx_hash: str) -> int:
+    """An included transaction whose call the runtime refused (ExtrinsicFailed) is a failure
+    for the user, though its nonce was used: say why, exit 1."""
+    status = client.call("author_extrinsicStatus", tx_hash)
+    failed = status.get("failed") if isinstance(status, dict) else None
+    if failed:
+        print(f"error: included, but the call failed: {failed['reason']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -280,8 +292,10 @@ def wait_for(client: RpcClient, tx_hash: str, until: str, timeout: float) -> Non
             print(f"  status: {last}{where}", flush=True)
         if status["status"] in wanted:
             return
+        if status["status"] in ("dropped", "invalid"):
+            raise DeltachainError(f"the node reports the transaction {last}: {status['reason']}")
         if status["status"] == "unknown":
-            raise DeltachainError("the node dropped the transaction (see the node log for why)")
+            raise DeltachainError("the node does not know the transaction; it was never pooled")
         time.sleep(0.25)
     raise DeltachainError(
         f"transaction not {until} within {timeout:.0f} s; check the node is authoring"
@@ -586,7 +600,9 @@ def cmd_query(args: argparse.Namespace) -> int:
                         "params": m["numParams"],
                         "chunks": m["chunkCount"],
                         "round start": m["round"]["start"],
-                        "deltas": len(m["round"]["deltas"]),
+                        "deltas (in/min/max)": "{count}/{minDeltas}/{maxDeltas}".format(
+                            **m["round"]
+                        ),
                         "weightsRoot": m["weightsRoot"][:18] + "…",
                     }
                 )

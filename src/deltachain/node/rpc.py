@@ -614,9 +614,10 @@ class RpcServer:
                     raise RpcError(INVALID_PARAMS, f"extrinsic does not decode: {exc}") from None
             else:
                 raise RpcError(INVALID_PARAMS, 'each item is {"hash": 0x…} or {"extrinsic": 0x…}')
-        present = [h for h in dict.fromkeys(hashes) if h in self.chain.pool]
-        self.chain.pool.remove(present)
-        return [hex0x(h) for h in present]
+        removed = self.chain.remove_transactions(
+            list(dict.fromkeys(hashes)), "removed by author_removeExtrinsic"
+        )
+        return [hex0x(h) for h in removed]
 
     def _tx_status(self, params: list[Any]) -> Any:
         if len(params) != 1:
@@ -670,8 +671,10 @@ class RpcServer:
 
     def _model_get(self, params: list[Any]) -> Any:
         model = _str_param(params, 0, "a model id")
-        state = self.chain.state_at(self._block_hash_param(params, 1))
-        return to_json(self._models().query(state, "get", {"model": model}))
+        block_hash = self._block_hash_param(params, 1)
+        at = self.chain.storage.header(block_hash).number
+        state = self.chain.state_at(block_hash)
+        return to_json(self._models().query(state, "get", {"model": model, "at": at}))
 
     def _model_provenance(self, params: list[Any]) -> Any:
         model = _str_param(params, 0, "a model id")

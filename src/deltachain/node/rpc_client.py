@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from deltachain.errors import DeltachainError
+from deltachain.primitives.transaction import SignedTransaction
 
 DEFAULT_RPC = "http://127.0.0.1:9944"
 
@@ -137,8 +138,11 @@ async def _follow(session: WsSession, tx_hex: str, until: str, on_status: Status
         if status == "finalized" or (status == "inBlock" and until == "in-block"):
             return str(status)
         if status in ("dropped", "invalid", "usurped"):
+            tx_hash = "0x" + SignedTransaction.decode(bytes.fromhex(tx_hex[2:])).hash.hex()
+            fate = await session.call("author_extrinsicStatus", tx_hash)
+            reason = fate.get("reason") if isinstance(fate, dict) else None
             raise DeltachainError(
-                f"the node reports the transaction {status}; see the node log for why"
+                f"the node reports the transaction {status}: {reason or 'no reason recorded'}"
             )
 
 

@@ -50,7 +50,7 @@ from deltachain.node.sync import (
 )
 from deltachain.primitives.block import MAX_BLOCK_SIZE, Block, Header
 from deltachain.primitives.chainspec import ChainSpec
-from deltachain.primitives.transaction import sign_transaction
+from deltachain.primitives.transaction import MAX_TX_SIZE, sign_transaction
 from deltachain.primitives.types import Hash32
 
 log = logging.getLogger("deltachain.node")
@@ -62,6 +62,46 @@ STARTUP_SYNC_WAIT_S = 3.0
 FORK_OVERLAP = 8
 SHUTDOWN_GRACE_S = 3.0
 """How long a stopping node waits for the block it is authoring to be stored and logged."""
+TX_GOSSIP_INTERVAL_S = 0.05
+"""Accepted transactions are gossiped in batches at this pace: one message carries many (the
+mesh drops beyond ~400 messages/s a link), and a delta still reaches every pool well within a
+slot."""
+TX_BATCH_BYTES = 512 * 1024
+"""A batch stays well under the 1 MiB gossip limit, above which messages vanish silently."""
+MAX_TXS_PER_BATCH = 4096
+REANNOUNCE_EVERY_S = 6.0
+"""Pool transactions still waiting after this long are gossiped again (and at once when a
+peer connects): a peer that was away or restarted missed the first announcement."""
+MAX_REANNOUNCE = 2048
+
+
+def tx_batches(raws: list[bytes]) -> list[bytes]:
+    """Encoded ``txs`` gossip messages, each under TX_BATCH_BYTES and MAX_TXS_PER_BATCH."""
+    batches: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for raw in raws:
+        if current and (size + len(raw) + 8 > TX_BATCH_BYTES or len(current) >= MAX_TXS_PER_BATCH):
+            batches.append(codec.encode(current))
+            current, size = [], 0
+        current.append(raw)
+        size += len(raw) + 8
+    if current:
+        batches.append(codec.encode(current))
+    return batches
+
+
+def decode_tx_batch(data: bytes) -> list[bytes]:
+    items = codec.decode(data, max_size=TX_BATCH_BYTES + MAX_TX_SIZE, what="transaction gossip")
+    if (
+        not isinstance(items, list)
+        or len(items) > MAX_TXS_PER_BATCH
+        or not all(isinstance(item, bytes) for item in items)
+    ):
+        raise DecodeError(
+            f"transaction gossip is a list of at most {MAX_TXS_PER_BATCH} byte strings"
+        )
+    return items
 
 
 @dataclass(frozen=True)
@@ -312,6 +352,7 @@ class NodeService:
             tasks += [
                 asyncio.create_task(self._gossip_loop(), name="gossip"),
                 asyncio.create_task(self._sync_loop(), name="sync"),
+                asyncio.create_task(self._tx_gossip_loop(), name="tx-gossip"),
             ]
         try:
             stopper = asyncio.create_task(self.stop.wait())
@@ -388,7 +429,7 @@ class NodeService:
                     "report_equivocation",
                     {"kind": kind, "first": first, "second": second},
                 )
-                self.chain.submit_transaction(tx.encode())
+                self.chain.submit_transaction(tx.encode())  # gossiped from the outbox
                 return tx.encode()
 
             try:
@@ -396,8 +437,7 @@ class NodeService:
             except DeltachainError as exc:
                 log.info("evidence not submitted: %s", exc)
                 continue
-            log.warning("submitted %s equivocation evidence", kind)
-            self._publish("txs", encoded)
+            log.warning("submitted %s equivocation evidence (%d bytes)", kind, len(encoded))
 
     def _publish(self, topic: str, data: bytes) -> None:
         if self.network is None:
@@ -421,7 +461,10 @@ class NodeService:
                 if kind == "blocks":
                     await self._on_block_gossip(message.sender, message.data)
                 elif kind == "txs":
-                    await self.on_chain(self.chain.submit_transaction, message.data)
+                    counts = await self.on_chain(
+                        self.chain.submit_batch, decode_tx_batch(message.data)
+                    )
+                    self._count_gossiped(counts)
                 elif kind == "votes":
                     outcome = await self.on_chain(self.chain.add_vote, Vote.decode(message.data))
                     if outcome.finalized is not None:
@@ -440,6 +483,40 @@ class NodeService:
             if kind in ("votes", "justifications"):
                 await self._notify_rpc()  # finality (or a vote-driven reorg) may have moved
             await self._report_evidence()
+
+    def _count_gossiped(self, counts: dict[str, int]) -> None:
+        """Peers' transactions we refused: AlreadyKnown is the normal echo of gossip."""
+        if self.metrics is None:
+            return
+        for outcome, n in counts.items():
+            if outcome not in ("accepted", "AlreadyKnown"):
+                self.metrics.rejected_txs.inc(n, outcome)
+
+    async def _tx_gossip_loop(self) -> None:
+        """Gossip what this node's users submitted, in paced batches; re-announce what still
+        waits (periodically, and at once when a new peer appears)."""
+        network = self.network
+        if network is None:
+            return
+        outbox = self.chain.outbox
+        known_peers: set[str] = set(network.peers())
+        next_reannounce = time.monotonic() + REANNOUNCE_EVERY_S
+        while True:
+            await asyncio.sleep(TX_GOSSIP_INTERVAL_S)
+            raws = []
+            while outbox:
+                raws.append(outbox.popleft())
+            peers = set(network.peers())
+            joined = bool(peers - known_peers)
+            known_peers = peers
+            if joined or time.monotonic() >= next_reannounce:
+                next_reannounce = time.monotonic() + REANNOUNCE_EVERY_S
+                waiting = await self.on_chain(
+                    self.chain.announce_pending, 0.0 if joined else REANNOUNCE_EVERY_S
+                )
+                raws.extend(waiting[:MAX_REANNOUNCE])
+            for batch in tx_batches(raws):
+                self._publish("txs", batch)
 
     def _log_finality(self, number: int) -> None:
         log.info("finalized #%d", number)

@@ -1,21 +1,38 @@
-"""The transaction pool: ready and future queues per sender, bounded by count and bytes.
+"""The transaction pool: ready and future queues per sender, bounded, prioritised and fair.
 
 A transaction is *ready* when its nonce continues its sender's account nonce without a gap
 (counting the sender's other ready transactions); otherwise it waits in *future* until the gap
-fills. Validation (signature, call, nonce not stale) happens before ``add``; the pool only
-orders, bounds and forgets.
+fills. Validation (signature, call, nonce not stale) happens before ``add``; the pool keeps the
+checked form so the author does not decode or verify again, and only orders, bounds, bans
+and forgets.
+
+Policy, as Substrate's pool has it where it has one (see docs/rpc.md, "Pool policy"):
+- **priority**: a module ranks its calls (authority and admin calls, then deltas, then
+  remarks); the author takes higher classes first;
+- **fairness**: within a class, every sender's first ready transaction comes before anyone's
+  second, then arrival order, so one busy sender cannot delay the others;
+- **per-sender limits**: a sender holds at most ``per_sender`` transactions, at most
+  ``per_sender_future`` of them in future, so nobody's nonce gaps fill the shared queue;
+- **bans**: hashes found invalid are refused for ``ban_seconds`` (Substrate: 30 min);
+- **claims**: a transaction may claim a slot under a key (a model's round); the pool counts
+  claimants so admission can refuse what the round could no longer take.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterable
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from deltachain.errors import AlreadyKnown, PoolFull, StaleNonce
 from deltachain.primitives.transaction import SignedTransaction
 from deltachain.primitives.types import Address, Hash32
+from deltachain.runtime.executive import CheckedTransaction
+
+MAX_BANNED = 65_536
 
 
 @dataclass(frozen=True)
@@ -24,6 +41,14 @@ class PoolLimits:
     ready_bytes: int = 20 << 20
     future_count: int = 512
     future_bytes: int = 1 << 20
+    per_sender: int = 64
+    """Transactions one sender may have pooled (ready and future together)."""
+    per_sender_future: int = 16
+    """Of those, how many may wait behind a nonce gap."""
+    ban_seconds: float = 1800.0
+    future_seconds: float = 120.0
+    """A transaction behind a nonce gap for this long is dropped (with a fate), so nothing
+    waits for ever on a nonce its sender will never send."""
 
 
 @dataclass
@@ -31,6 +56,10 @@ class _Entry:
     tx: SignedTransaction
     size: int
     seq: int
+    priority: int
+    claim: Hashable | None
+    checked: CheckedTransaction | None
+    added: float
 
 
 class TxPool:
@@ -39,6 +68,8 @@ class TxPool:
         self._entries: dict[Hash32, _Entry] = {}
         self._by_sender: dict[Address, dict[int, Hash32]] = {}
         self._account_nonce: dict[Address, int] = {}
+        self._claims: dict[Hashable, set[Address]] = {}
+        self._banned: OrderedDict[bytes, float] = OrderedDict()
         self._seq = itertools.count()
         self._ready = [0, 0]  # count, bytes
         self._future = [0, 0]
@@ -76,11 +107,48 @@ class TxPool:
             "future_bytes": self._future[1],
         }
 
-    def add(self, tx: SignedTransaction, size: int, account_nonce: int) -> str:
+    # --- bans --------------------------------------------------------------------------------
+
+    def ban(self, keys: Iterable[bytes], now: float | None = None) -> None:
+        """Refuse these transactions for ``ban_seconds``. A key is a transaction's hash *and*
+        signature: the hash covers the body only, so banning by hash would let anyone ban an
+        honest transaction by sending its body with a broken signature."""
+        until = (time.monotonic() if now is None else now) + self.limits.ban_seconds
+        for key in keys:
+            self._banned.pop(key, None)
+            self._banned[key] = until
+        while len(self._banned) > MAX_BANNED:
+            self._banned.popitem(last=False)
+
+    def is_banned(self, key: bytes, now: float | None = None) -> bool:
+        until = self._banned.get(key)
+        if until is None:
+            return False
+        if (time.monotonic() if now is None else now) < until:
+            return True
+        del self._banned[key]
+        return False
+
+    # --- admission ---------------------------------------------------------------------------
+
+    def claimants(self, claim: Hashable) -> frozenset[Address]:
+        """Senders whose pooled transactions claim ``claim`` (e.g. a model's current round)."""
+        return frozenset(self._claims.get(claim, ()))
+
+    def add(
+        self,
+        tx: SignedTransaction,
+        size: int,
+        account_nonce: int,
+        *,
+        priority: int = 0,
+        claim: Hashable | None = None,
+        checked: CheckedTransaction | None = None,
+    ) -> str:
         """Admit a validated transaction; returns "ready" or "future".
 
-        Raises AlreadyKnown (same hash, or same sender and nonce already pooled), StaleNonce,
-        PoolFull (the queue it would join is at its count or byte limit).
+        Raises AlreadyKnown (same hash, or same sender and nonce already pooled),
+        StaleNonce, PoolFull (the queue it would join, or its sender's share, is at its limit).
         """
         tx_hash = tx.hash
         if tx_hash in self._entries:
@@ -93,16 +161,32 @@ class TxPool:
                 f"the pool already holds a transaction with nonce {tx.nonce} from "
                 "this sender; wait for it to be included"
             )
+        if len(sender_txs) >= self.limits.per_sender:
+            raise PoolFull(
+                f"this sender already has {len(sender_txs)} transactions in the pool (the "
+                f"limit is {self.limits.per_sender}); wait for some to be included"
+            )
         self._account_nonce[tx.sender] = account_nonce
-        contiguous = account_nonce + len(self._ready_run(tx.sender))
+        ready_run = len(self._ready_run(tx.sender))
+        contiguous = account_nonce + ready_run
         kind = "ready" if tx.nonce == contiguous else "future"
+        if kind == "future" and len(sender_txs) - ready_run >= self.limits.per_sender_future:
+            raise PoolFull(
+                f"this sender already has {len(sender_txs) - ready_run} transactions waiting "
+                f"behind a nonce gap (the limit is {self.limits.per_sender_future}); submit "
+                f"nonce {contiguous} first"
+            )
         totals = self._ready if kind == "ready" else self._future
         if totals[0] + 1 > getattr(self.limits, f"{kind}_count"):
             raise PoolFull(f"the {kind} queue is full ({totals[0]} transactions); retry later")
         if totals[1] + size > getattr(self.limits, f"{kind}_bytes"):
             raise PoolFull(f"the {kind} queue is at its byte limit; retry later")
-        self._entries[tx_hash] = _Entry(tx, size, next(self._seq))
+        self._entries[tx_hash] = _Entry(
+            tx, size, next(self._seq), priority, claim, checked, time.monotonic()
+        )
         self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx_hash
+        if claim is not None:
+            self._claims.setdefault(claim, set()).add(tx.sender)
         totals[0] += 1
         totals[1] += size
         if kind == "ready":  # the gap it filled may promote waiting future transactions
@@ -124,37 +208,78 @@ class TxPool:
             n += 1
         return n
 
-    def ready(self) -> list[SignedTransaction]:
-        """Ready transactions in arrival order, each sender's in nonce order."""
+    # --- reading -----------------------------------------------------------------------------
+
+    def iter_ready(self) -> Iterator[tuple[SignedTransaction, CheckedTransaction | None]]:
+        """Ready transactions with their checked form, in the order an author takes them:
+        highest priority first; within it every sender's k-th before anyone's (k+1)-th; then
+        arrival. Each sender's transactions stay in nonce order. Lazy, so an author that runs
+        out of time or space stops paying for the rest."""
         chains = []
         for sender in self._by_sender:
             run = [self._entries[self._by_sender[sender][n]] for n in self._ready_run(sender)]
             if run:
                 chains.append(run)
-        heap = [(chain[0].seq, i, 0) for i, chain in enumerate(chains)]
+        heap = [(-chain[0].priority, 0, chain[0].seq, i) for i, chain in enumerate(chains)]
         heapq.heapify(heap)
-        out: list[SignedTransaction] = []
         while heap:
-            _, i, j = heapq.heappop(heap)
-            out.append(chains[i][j].tx)
-            if j + 1 < len(chains[i]):
-                heapq.heappush(heap, (chains[i][j + 1].seq, i, j + 1))
-        return out
+            _, depth, _, i = heapq.heappop(heap)
+            entry = chains[i][depth]
+            yield entry.tx, entry.checked
+            if depth + 1 < len(chains[i]):
+                following = chains[i][depth + 1]
+                heapq.heappush(heap, (-following.priority, depth + 1, following.seq, i))
+
+    def ready(self) -> list[SignedTransaction]:
+        return [tx for tx, _ in self.iter_ready()]
 
     def all(self) -> list[SignedTransaction]:
         return [e.tx for e in sorted(self._entries.values(), key=lambda e: e.seq)]
 
-    def remove(self, tx_hashes: Iterable[Hash32]) -> None:
+    def pending_since(self, before: float) -> list[SignedTransaction]:
+        """Transactions pooled before ``before`` (time.monotonic): still waiting, so worth
+        announcing again to peers that may have missed them."""
+        return [e.tx for e in self._entries.values() if e.added < before]
+
+    # --- removal -----------------------------------------------------------------------------
+
+    def remove(self, tx_hashes: Iterable[Hash32]) -> list[SignedTransaction]:
+        removed = []
         for tx_hash in tx_hashes:
             entry = self._entries.pop(tx_hash, None)
             if entry is None:
                 continue
-            sender_txs = self._by_sender[entry.tx.sender]
+            removed.append(entry.tx)
+            sender = entry.tx.sender
+            sender_txs = self._by_sender[sender]
             sender_txs.pop(entry.tx.nonce, None)
+            if entry.claim is not None and not any(
+                self._entries[h].claim == entry.claim for h in sender_txs.values()
+            ):
+                claimants = self._claims[entry.claim]
+                claimants.discard(sender)
+                if not claimants:
+                    del self._claims[entry.claim]
             if not sender_txs:
-                del self._by_sender[entry.tx.sender]
-                self._account_nonce.pop(entry.tx.sender, None)
+                del self._by_sender[sender]
+                self._account_nonce.pop(sender, None)
         self._recount()
+        return removed
+
+    def expire_futures(self, now: float | None = None) -> list[Hash32]:
+        """Drop future transactions older than ``future_seconds``; returns their hashes."""
+        now = time.monotonic() if now is None else now
+        expired: list[Hash32] = []
+        for sender, nonces in self._by_sender.items():
+            run = set(self._ready_run(sender))
+            expired.extend(
+                h
+                for n, h in nonces.items()
+                if n not in run and now - self._entries[h].added > self.limits.future_seconds
+            )
+        if expired:
+            self.remove(expired)
+        return expired
 
     def on_new_state(self, account_nonce: Callable[[Address], int]) -> list[Hash32]:
         """After a block: forget transactions whose nonce is used; future ones may become ready."""

@@ -172,6 +172,9 @@ class AuthorityModule(Module):
         ):  # signatures need the genesis hash, so apply_call checks them
             raise InvalidCall("this equivocation is already recorded")
 
+    def priority(self, call: object) -> int:
+        return 2  # authority-set changes and equivocation evidence keep consensus honest
+
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
     ) -> list[Event]:

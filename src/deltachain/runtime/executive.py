@@ -9,7 +9,8 @@ returned diff. Consensus checks (slot, author, seal) live in ``consensus/`` and 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -95,9 +96,11 @@ def check_transaction(
     allow_future: bool = False,
     signature_verified: bool = False,
     dispatch: bool = True,
+    call: object | None = None,
 ) -> CheckedTransaction:
     """Everything that decides whether ``tx`` may be applied now (or, with allow_future, later).
-    ``signature_verified`` skips only the signature check, which the caller already passed.
+    ``signature_verified`` skips only the signature check, which the caller already passed;
+    ``call`` is the call this transaction already decoded to (decoding is a pure function).
 
     Validity (decoding, sender, nonce, signature) always runs. The module's checks run too,
     unless ``dispatch`` is False (block execution, where ``dispatch_call`` runs them in block
@@ -110,7 +113,8 @@ def check_transaction(
     verify for this chain's genesis hash: either forged or signed for another chain).
     """
     module = runtime.module(tx.call.module)
-    call = module.decode_call(tx.call.function, tx.call.args)
+    if call is None:
+        call = module.decode_call(tx.call.function, tx.call.args)
     if not system.may_transact(state, tx.sender):
         raise Unauthorized("sender is not a registered client; ask the chain admin to register it")
     expected = system.get_nonce(state, tx.sender)
@@ -167,6 +171,7 @@ def apply_transaction(
     env: BlockEnv,
     *,
     signature_verified: bool = False,
+    call: object | None = None,
 ) -> list[Event]:
     """Check and apply one transaction. An invalid one (InvalidTransaction: bad sender, nonce
     or signature) writes nothing; a valid one uses its nonce, whatever its call does."""
@@ -177,6 +182,7 @@ def apply_transaction(
         env.genesis_hash,
         signature_verified=signature_verified,
         dispatch=False,
+        call=call,
     )
     with state.layer():
         system.bump_nonce(state, tx.sender)
@@ -237,8 +243,19 @@ def signatures_verified(txs: Sequence[SignedTransaction], genesis_hash: Hash32) 
     return verified
 
 
-def apply_block(runtime: Runtime, state: State, block: Block, genesis_hash: Hash32) -> BlockOutput:
-    """Execute ``block`` on ``state`` (its parent's state); raises InvalidBlock on any mismatch."""
+def apply_block(
+    runtime: Runtime,
+    state: State,
+    block: Block,
+    genesis_hash: Hash32,
+    *,
+    known: Callable[[SignedTransaction], bool] | None = None,
+) -> BlockOutput:
+    """Execute ``block`` on ``state`` (its parent's state); raises InvalidBlock on any mismatch.
+
+    ``known(tx)`` says this node already verified exactly this transaction's signature for
+    this chain (its pool did): those are not verified again. Everything else is unchanged,
+    so the outcome, errors and state root are the same with or without it."""
     header = block.header
     if header.extrinsics_root != extrinsics_root(block.transactions):
         raise InvalidBlock("extrinsics root does not match the block body")
@@ -246,7 +263,10 @@ def apply_block(runtime: Runtime, state: State, block: Block, genesis_hash: Hash
         raise InvalidBlock("parent state has no authority set")
     env = env_for(header, genesis_hash)
     output = BlockOutput(diff=StateDiff(root=state.base_root))
-    verified = signatures_verified(block.transactions, genesis_hash)
+    already = [known is not None and known(tx) for tx in block.transactions]
+    unknown = [tx for tx, done in zip(block.transactions, already, strict=True) if not done]
+    checked = iter(signatures_verified(unknown, genesis_hash))
+    verified = [done or next(checked) for done in already]
     for index, tx in enumerate(block.transactions):
         try:
             output.tx_events.append(
@@ -278,19 +298,31 @@ def build_block(
     runtime: Runtime,
     state: State,
     env: BlockEnv,
-    candidates: Iterable[SignedTransaction],
+    candidates: Iterable[SignedTransaction | CheckedTransaction],
     *,
     max_txs: int,
+    deadline: float | None = None,
 ) -> BuiltBlock:
-    """Author a block body: apply candidates in order, skipping (and reporting) invalid ones."""
+    """Author a block body: apply candidates in order, skipping (and reporting) invalid ones.
+
+    A ``CheckedTransaction`` candidate (from the pool) is not decoded or signature-checked
+    again; nonce and state checks still run in block order. With ``deadline``
+    (time.perf_counter()), no candidate starts after it: the block is sealed in its slot
+    whatever the pool holds, and the rest waits for the next block."""
     included: list[SignedTransaction] = []
     output = BlockOutput(diff=StateDiff(root=state.base_root))
     rejected: list[tuple[SignedTransaction, InvalidTransaction]] = []
-    for tx in candidates:
-        if len(included) >= max_txs:
+    for candidate in candidates:
+        if len(included) >= max_txs or (deadline is not None and time.perf_counter() > deadline):
             break
+        if isinstance(candidate, CheckedTransaction):
+            tx, call, verified = candidate.tx, candidate.call, True
+        else:
+            tx, call, verified = candidate, None, False
         try:
-            output.tx_events.append(apply_transaction(runtime, state, tx, env))
+            output.tx_events.append(
+                apply_transaction(runtime, state, tx, env, signature_verified=verified, call=call)
+            )
         except InvalidTransaction as exc:
             rejected.append((tx, exc))
             continue

@@ -8,7 +8,7 @@ modules by name and never imports any of them: the chain's composition point han
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,23 @@ class Module(ABC):
     ) -> list[Event]:
         """Apply a call that ``precheck_call`` and ``validate_call`` accepted on this very state
         (the executive runs them first, so this does not repeat them)."""
+
+    def priority(self, call: object) -> int:
+        """The pool's priority class for a call: 2 consensus and admin, 1 ordinary work
+        (deltas), 0 best effort (remarks). Higher classes are authored first."""
+        return 1
+
+    def pool_claim(self, call: object) -> Hashable | None:
+        """A key under which the pool counts pending calls that compete for one thing (a
+        model's round), so admission can refuse what it could no longer take."""
+        return None
+
+    def validate_pending(
+        self, state: State, sender: Address, call: object, claimants: frozenset[Address]
+    ) -> None:
+        """``validate_call`` as if the pooled calls of ``claimants`` (same ``pool_claim``)
+        were applied first: refuse at submission what would fail once they are."""
+        return None
 
     def on_finalize(self, state: State, env: BlockEnv) -> list[Event]:
         """End-of-block hook (e.g. closing a model round)."""

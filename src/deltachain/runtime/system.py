@@ -145,6 +145,9 @@ class SystemModule(Module):
             if isinstance(call, RevokeClient) and not registered:
                 raise InvalidCall(f"client {address_to_str(call.client)} is not registered")
 
+    def priority(self, call: object) -> int:
+        return 0 if isinstance(call, Remark) else 2
+
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
     ) -> list[Event]:
