@@ -23,7 +23,7 @@ from typing import Any
 
 import cbor2
 
-from deltachain.errors import DecodeError, NonCanonicalError, OversizeError
+from deltachain.errors import CorruptDatabase, DecodeError, NonCanonicalError, OversizeError
 
 MAX_DEPTH = 8
 """Our wire objects nest at most a few levels; anything deeper is hostile."""
@@ -147,3 +147,15 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE, what: str = "object
     if encode(obj) != data:
         raise NonCanonicalError(f"{what}: not canonical CBOR (re-encoding differs)")
     return obj
+
+
+def decode_stored(data: bytes, what: str = "stored value") -> Any:
+    """Decode bytes this node's own runtime wrote with ``encode`` (state values), skipping the
+    canonical-form checks ``decode`` makes on input from outside: the hot path of every
+    transaction reads several of them. Raises CorruptDatabase if they do not decode."""
+    try:
+        return cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, EOFError) as exc:
+        raise CorruptDatabase(
+            f"{what} in the database does not decode ({exc}); the database is damaged"
+        ) from None

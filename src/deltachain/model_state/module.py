@@ -223,7 +223,7 @@ class ModelStateModule(Module):
 
     def round_members(self, state: State, model: str) -> list[Address]:
         raw = state.get(key_round(model))
-        return [] if raw is None else [Address(a) for a in codec.decode(raw)]
+        return [] if raw is None else [Address(a) for a in codec.decode_stored(raw)]
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -354,7 +354,7 @@ class ModelStateModule(Module):
     ) -> Event:
         config = record.config
         clients = sorted(members)  # canonical order: arrival order must not matter
-        deltas = [codec.decode(state.get(key_delta(config.id, c)) or b"") for c in clients]
+        deltas = [codec.decode_stored(state.get(key_delta(config.id, c)) or b"") for c in clients]
         indices = [decode_gaps(d["gaps"], len(d["values"])) for d in deltas]  # validated on entry
         values = [
             (

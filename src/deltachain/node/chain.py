@@ -50,6 +50,7 @@ from deltachain.runtime import system
 from deltachain.runtime.executive import (
     EXTRINSIC_FAILED,
     BlockOutput,
+    CheckedTransaction,
     Runtime,
     apply_block,
     build_block,
@@ -65,8 +66,9 @@ log = logging.getLogger("deltachain.chain")
 PRUNE_EVERY = 64
 MAX_FATES = 65_536
 """How many let-go transactions the node remembers the fate of (author_extrinsicStatus)."""
-MAX_VERIFIED = 65_536
-"""How many checked signatures the node remembers, so block import does not check them again."""
+MAX_VERIFIED = 16_384
+"""How many checked transactions (signature verified, call decoded) the node remembers, so
+block import neither verifies nor decodes them again (~1 KiB each)."""
 AUTHOR_BUDGET = 0.4
 """The share of a slot an author may spend applying pool transactions: the block, its import
 and its gossip must fit in the slot however full the pool is."""
@@ -109,7 +111,7 @@ class Chain:
         )
         self.pool = TxPool(pool_limits)
         self.fates: OrderedDict[Hash32, dict[str, object]] = OrderedDict()
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._verified: OrderedDict[bytes, CheckedTransaction] = OrderedDict()
         self.outbox: deque[bytes] = deque()
         """Transactions this node accepted from its own users, for the node to gossip."""
         self._seals: dict[tuple[Slot, Address], Header] = {}
@@ -171,7 +173,11 @@ class Chain:
         authorities = self.authorities_at(parent.hash)
         verify_header(block.header, parent, authorities, self.genesis_hash, now_slot=now_slot)
         output = apply_block(
-            self.runtime, self.state_at(parent.hash), block, self.genesis_hash, known=self._known
+            self.runtime,
+            self.state_at(parent.hash),
+            block,
+            self.genesis_hash,
+            checked=self._checked,
         )
         result = ImportResult(block, output, 0.0)
         self._persist(block, output, result)
@@ -484,7 +490,7 @@ class Chain:
             claim=claim,
             checked=checked,
         )
-        self._remember_verified(tx)
+        self._remember_verified(checked)
         if announce:
             self.outbox.append(raw)
         return kind
@@ -512,8 +518,11 @@ class Chain:
     def _known(self, tx: SignedTransaction) -> bool:
         return self._verified_key(tx) in self._verified
 
-    def _remember_verified(self, tx: SignedTransaction) -> None:
-        self._verified[self._verified_key(tx)] = None
+    def _checked(self, tx: SignedTransaction) -> CheckedTransaction | None:
+        return self._verified.get(self._verified_key(tx))
+
+    def _remember_verified(self, checked: CheckedTransaction) -> None:
+        self._verified[self._verified_key(checked.tx)] = checked
         while len(self._verified) > MAX_VERIFIED:
             self._verified.popitem(last=False)
 

@@ -249,13 +249,14 @@ def apply_block(
     block: Block,
     genesis_hash: Hash32,
     *,
-    known: Callable[[SignedTransaction], bool] | None = None,
+    checked: Callable[[SignedTransaction], CheckedTransaction | None] | None = None,
 ) -> BlockOutput:
     """Execute ``block`` on ``state`` (its parent's state); raises InvalidBlock on any mismatch.
 
-    ``known(tx)`` says this node already verified exactly this transaction's signature for
-    this chain (its pool did): those are not verified again. Everything else is unchanged,
-    so the outcome, errors and state root are the same with or without it."""
+    ``checked(tx)`` is this node's own checked form of exactly this transaction (its pool
+    verified the signature for this chain and decoded the call), or None: those found are
+    not verified or decoded again. Nonce and state checks run as ever, so the outcome, the
+    errors and the state root are the same with or without it."""
     header = block.header
     if header.extrinsics_root != extrinsics_root(block.transactions):
         raise InvalidBlock("extrinsics root does not match the block body")
@@ -263,14 +264,22 @@ def apply_block(
         raise InvalidBlock("parent state has no authority set")
     env = env_for(header, genesis_hash)
     output = BlockOutput(diff=StateDiff(root=state.base_root))
-    already = [known is not None and known(tx) for tx in block.transactions]
-    unknown = [tx for tx, done in zip(block.transactions, already, strict=True) if not done]
-    checked = iter(signatures_verified(unknown, genesis_hash))
-    verified = [done or next(checked) for done in already]
+    already = [None if checked is None else checked(tx) for tx in block.transactions]
+    unknown = [tx for tx, done in zip(block.transactions, already, strict=True) if done is None]
+    fresh = iter(signatures_verified(unknown, genesis_hash))
+    verified = [done is not None or next(fresh) for done in already]
     for index, tx in enumerate(block.transactions):
+        known = already[index]
         try:
             output.tx_events.append(
-                apply_transaction(runtime, state, tx, env, signature_verified=verified[index])
+                apply_transaction(
+                    runtime,
+                    state,
+                    tx,
+                    env,
+                    signature_verified=verified[index],
+                    call=None if known is None else known.call,
+                )
             )
         except InvalidTransaction as exc:
             raise InvalidBlock(

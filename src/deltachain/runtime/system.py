@@ -44,7 +44,7 @@ MAX_REMARK = 1024
 
 def get_nonce(state: State, who: Address) -> Nonce:
     raw = state.get(PREFIX_NONCE + who)
-    return Nonce(0 if raw is None else codec.decode(raw))
+    return Nonce(0 if raw is None else codec.decode_stored(raw))
 
 
 def bump_nonce(state: State, who: Address) -> None:
@@ -60,12 +60,12 @@ def get_admin(state: State) -> Address:
 
 def get_authorities(state: State) -> tuple[Address, ...]:
     raw = state.get(KEY_AUTHORITIES)
-    return () if raw is None else tuple(Address(a) for a in codec.decode(raw))
+    return () if raw is None else tuple(Address(a) for a in codec.decode_stored(raw))
 
 
 def get_set_id(state: State) -> int:
     raw = state.get(KEY_SET_ID)
-    return 0 if raw is None else int(codec.decode(raw))
+    return 0 if raw is None else int(codec.decode_stored(raw))
 
 
 def set_authorities(state: State, authorities: list[Address]) -> None:
