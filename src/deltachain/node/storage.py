@@ -408,9 +408,9 @@ class Storage:
         """
         with self._write():
             self._insert_block(block, diff, events)
-            if make_best:
-                return self._set_canonical(block)
-        return [], []
+            moved = self._set_canonical(block) if make_best else ([], [])
+        self._headers[block.hash] = block.header  # stored now: fork choice reads it next
+        return moved
 
     def set_best(self, block_hash: Hash32) -> tuple[list[Hash32], list[Hash32]]:
         """Switch the head to an already imported block (a reorg); see ``_set_canonical``."""
@@ -462,11 +462,11 @@ class Storage:
     def leaves(self, above: int) -> list[Header]:
         """Blocks above height ``above`` that have no child: the candidate heads."""
         rows = self._conn.execute(
-            "SELECT b.data FROM blocks b WHERE b.number > ? AND NOT EXISTS "
+            "SELECT b.hash FROM blocks b WHERE b.number > ? AND NOT EXISTS "
             "(SELECT 1 FROM blocks c WHERE c.parent = b.hash)",
             (above,),
         ).fetchall()
-        return [Block.decode(bytes(r[0])).header for r in rows]
+        return [self.header(Hash32(bytes(r[0]))) for r in rows]
 
     def header_or_none(self, block_hash: Hash32) -> Header | None:
         try:
