@@ -4,7 +4,9 @@ by hash *and* signature, refuse what a round cannot take, state every fate, seal
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from deltachain.node.service import MAX_TXS_PER_BATCH, TX_BATCH_BYTES, decode_tx
 from deltachain.primitives.block import Block, extrinsics_root
 from deltachain.primitives.chainspec import dev_chain_spec, parse_chain_spec
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
+from node_process import start_node, stop_node
 
 ALICE = Keypair.dev("alice")
 DEVICES = [device_key(i) for i in range(120)]
@@ -201,3 +204,44 @@ def test_the_author_seals_within_its_slot_however_full_the_pool(tmp_path: Path) 
         assert len(chain.pool) == pooled - included
     finally:
         chain.close()
+
+
+def test_pool_flags_reach_the_running_node(tmp_path: Path) -> None:
+    """--pool-sender-limit and --tx-ban-seconds as a user passes them (a dev node over RPC)."""
+    node = start_node(tmp_path, "--pool-sender-limit", "8", "--tx-ban-seconds", "60")
+    try:
+        genesis = bytes.fromhex(_rpc(node.url, "chain_getGenesisHash")[2:])
+        bob = Keypair.dev("bob")
+        replies = [
+            _rpc_raw(node.url, "author_submitExtrinsic", "0x" + tx.encode().hex())
+            for tx in (
+                sign_transaction(bob, genesis, n, "system", "remark", {"data": b"x"})  # type: ignore[arg-type]
+                for n in (5, 6, 7)
+            )
+        ]
+        assert ["error" in r for r in replies] == [False, False, True]
+        # 8 per sender leaves 2 behind a nonce gap (a quarter, at most 16)
+        assert "(the limit is 2)" in replies[2]["error"]["message"]
+        forged = dataclasses.replace(
+            sign_transaction(bob, genesis, 0, "system", "remark", {"data": b"y"}),  # type: ignore[arg-type]
+            signature=bytes(64),
+        )
+        first = _rpc_raw(node.url, "author_submitExtrinsic", "0x" + forged.encode().hex())
+        again = _rpc_raw(node.url, "author_submitExtrinsic", "0x" + forged.encode().hex())
+        assert "does not verify" in first["error"]["message"]
+        assert "banned for 60 s" in again["error"]["message"]
+    finally:
+        stop_node(node)
+
+
+def _rpc_raw(url: str, method: str, *params: Any) -> dict[str, Any]:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)})
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def _rpc(url: str, method: str, *params: Any) -> Any:
+    return _rpc_raw(url, method, *params)["result"]

@@ -46,6 +46,7 @@ from deltachain.node.rpc_client import (
     WebSocketUnavailable,
 )
 from deltachain.node.storage import Storage
+from deltachain.node.txpool import PoolLimits
 from deltachain.primitives.chainspec import ChainSpec, dev_chain_spec, load_chain_spec
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 from deltachain.primitives.types import Hash32
@@ -185,6 +186,15 @@ def cmd_node(args: argparse.Namespace) -> int:
         rpc_host=args.rpc_host,
         rpc_port=args.rpc_port,
         archive=args.archive,
+        pool_limits=PoolLimits(
+            ready_count=args.pool_limit,
+            ready_bytes=args.pool_kbytes * 1024,
+            future_count=max(1, args.pool_limit // 16),
+            future_bytes=max(1, args.pool_kbytes * 1024 // 20),
+            per_sender=args.pool_sender_limit,
+            per_sender_future=max(1, min(16, args.pool_sender_limit // 4)),
+            ban_seconds=args.tx_ban_seconds,
+        ),
         network=network_config(args, spec, base_path),
         rpc_methods=args.rpc_methods,
         rpc_limits=RpcLimits(
@@ -789,6 +799,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--no-prometheus", action="store_true", help="no metrics endpoint")
     node.add_argument("--archive", action="store_true", help="keep every state (no pruning)")
+    pool = PoolLimits()
+    node.add_argument(
+        "--pool-limit",
+        type=_positive_int,
+        default=pool.ready_count,
+        metavar="COUNT",
+        help="most ready transactions in the pool (default %(default)s; 1/16 of it may wait "
+        "behind nonce gaps)",
+    )
+    node.add_argument(
+        "--pool-kbytes",
+        type=_positive_int,
+        default=pool.ready_bytes // 1024,
+        metavar="KIB",
+        help="most KiB of ready transactions in the pool (default %(default)s)",
+    )
+    node.add_argument(
+        "--pool-sender-limit",
+        type=_positive_int,
+        default=pool.per_sender,
+        metavar="COUNT",
+        help="most transactions of one sender in the pool (default %(default)s)",
+    )
+    node.add_argument(
+        "--tx-ban-seconds",
+        type=_positive_int,
+        default=int(pool.ban_seconds),
+        metavar="SECONDS",
+        help="how long a transaction found invalid stays refused (default %(default)s)",
+    )
     node.add_argument("--port", type=int, help="p2p port (default 30333; 0 = any free port)")
     node.add_argument("--listen-host", default="127.0.0.1", help="p2p listen address")
     node.add_argument("--bootnodes", nargs="*", help="peer multiaddrs /ip4/…/tcp/…/p2p/<id>")

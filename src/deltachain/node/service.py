@@ -48,6 +48,7 @@ from deltachain.node.sync import (
     sync_protocol,
     topics,
 )
+from deltachain.node.txpool import PoolLimits
 from deltachain.primitives.block import MAX_BLOCK_SIZE, Block, Header
 from deltachain.primitives.chainspec import ChainSpec
 from deltachain.primitives.transaction import MAX_TX_SIZE, sign_transaction
@@ -113,6 +114,7 @@ class NodeConfig:
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 9944
     archive: bool = False
+    pool_limits: PoolLimits = dataclasses.field(default_factory=PoolLimits)
     network: NetworkConfig | None = None
     """None runs without peers (the dev chain)."""
     rpc_methods: str = "auto"
@@ -153,7 +155,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        chain = Chain(config.spec, construct_runtime(), config.base_path, archive=config.archive)
+        chain = Chain(
+            config.spec,
+            construct_runtime(),
+            config.base_path,
+            archive=config.archive,
+            pool_limits=config.pool_limits,
+        )
         try:
             await _serve(chain, config, stop)
         finally:
