@@ -65,12 +65,14 @@ import socket
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
+from google.protobuf.message import DecodeError
 
 from deltachain.errors import DeltachainError, InvalidKey, NetworkError, RequestTooLarge
 from deltachain.p2p.host import exchange, key_pair, peer_id_from_seed, unblock
@@ -237,16 +239,46 @@ class _LeanGossipSub(GossipSub):
 
 
 class _BridgePubsub(Pubsub):
-    """Pubsub that hands every delivered message to a callback instead of a 32-slot channel."""
+    """Pubsub that hands every delivered message to a callback instead of a 32-slot channel,
+    writes one RPC at a time per stream, and survives a peer's unreadable frame."""
 
     def __init__(
         self, host: IHost, router: GossipSub, sink: Callable[[rpc_pb2.Message], None]
     ) -> None:
         super().__init__(host, router)
         self._sink = sink
+        self._write_locks: weakref.WeakKeyDictionary[INetStream, trio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         self._sink(publish_message)
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        """Yamux splits a write into window-sized chunks, each under its own lock, so two
+        concurrent RPCs on one stream (a forwarded batch and a heartbeat's control message)
+        could interleave and the peer would read garbage (seen under transaction load:
+        "Error parsing message with type 'pubsub.pb.RPC'"). One whole RPC at a time."""
+        lock = self._write_locks.get(stream)
+        if lock is None:
+            lock = self._write_locks[stream] = trio.Lock()
+        async with lock:
+            return bool(await super().write_msg(stream, rpc_msg))
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        """A frame that does not parse ends that peer's connection (it reconnects), never the
+        whole libp2p service: in py-libp2p 0.8.1 the DecodeError escapes into the swarm's
+        nursery and stops every connection of this node."""
+        try:
+            await super().continuously_read_stream(stream)
+        except DecodeError as exc:
+            log.warning(
+                "unreadable gossip from %s (%s); closing that connection",
+                stream.muxed_conn.peer_id,
+                exc,
+            )
+            with contextlib.suppress(Exception):
+                await stream.muxed_conn.close()
 
 
 class _ConnectionWatcher(INotifee):

@@ -8,10 +8,14 @@ if the process is killed anyway, SQLite's transaction keeps the database consist
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import logging
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +71,9 @@ TX_GOSSIP_INTERVAL_S = 0.05
 """Accepted transactions are gossiped in batches at this pace: one message carries many (the
 mesh drops beyond ~400 messages/s a link), and a delta still reaches every pool well within a
 slot."""
-TX_BATCH_BYTES = 512 * 1024
-"""A batch stays well under the 1 MiB gossip limit, above which messages vanish silently."""
+TX_BATCH_BYTES = 128 * 1024
+"""A batch stays well under the 1 MiB gossip limit (above which messages vanish silently) and
+under yamux's 256 KiB window, so a vote behind it on the same stream is not held up long."""
 MAX_TXS_PER_BATCH = 4096
 REANNOUNCE_EVERY_S = 6.0
 """Pool transactions still waiting after this long are gossiped again (and at once when a
@@ -183,12 +188,62 @@ def chain_runner(executor: ThreadPoolExecutor) -> ChainRunner:
     return run
 
 
+class ChainThread:
+    """The one thread that touches the chain, with two queues: consensus work (authoring,
+    block import, votes, justifications, sync) always goes before work for users (RPC calls,
+    light-protocol reads, peers' transaction batches). A fleet flooding the pool or readers
+    flooding the RPC then wait for each other, never the slot or the vote."""
+
+    CONSENSUS = 0
+    USERS = 1
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._work, name="chain", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            _, _, job = self._queue.get()
+            if job is None:
+                return
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+    def _submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((priority, next(self._seq), (future, fn, args)))
+        return asyncio.wrap_future(future)
+
+    async def urgent(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._submit(self.CONSENSUS, fn, args)
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._submit(self.USERS, fn, args)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def shutdown(self) -> None:
+        """Finish what is queued, then stop (the queue's last entry ends the thread)."""
+        self._queue.put((self.USERS + 1, next(self._seq), None))
+        self._thread.join()
+
+
 async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chain")
-    run = chain_runner(executor)
+    chain_thread = ChainThread()
+    run = chain_thread.run
     events = EventHub()
     metrics = NodeMetrics(config.spec.id)
-    service = NodeService(chain, config, run, stop, events=events, metrics=metrics)
+    service = NodeService(
+        chain, config, chain_thread.urgent, stop, events=events, metrics=metrics, users=run
+    )
     rpc = RpcServer(
         chain,
         run,
@@ -243,7 +298,7 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
     finally:
         await prometheus.cleanup()
         await runner.cleanup()
-        executor.shutdown(wait=True)
+        chain_thread.shutdown()
 
 
 async def _start_prometheus(runner: web.AppRunner, host: str, port: int) -> None:
@@ -275,10 +330,14 @@ class NodeService:
         *,
         events: EventHub | None = None,
         metrics: NodeMetrics | None = None,
+        users: ChainRunner | None = None,
     ) -> None:
         self.chain = chain
         self.config = config
         self.on_chain = run
+        """Consensus work on the chain thread."""
+        self.for_users = users or run
+        """Work done for others (peers' transactions, light-client reads): after consensus."""
         self.stop = stop
         self.events = events
         self.metrics = metrics
@@ -469,7 +528,7 @@ class NodeService:
                 if kind == "blocks":
                     await self._on_block_gossip(message.sender, message.data)
                 elif kind == "txs":
-                    counts = await self.on_chain(
+                    counts = await self.for_users(
                         self.chain.submit_batch, decode_tx_batch(message.data)
                     )
                     self._count_gossiped(counts)
@@ -585,11 +644,11 @@ class NodeService:
     # --- sync ---------------------------------------------------------------------------------
 
     async def _serve_sync(self, peer: str, request: bytes) -> bytes:
-        return bytes(await self.on_chain(serve, self.chain, request))
+        return bytes(await self.on_chain(serve, self.chain, request))  # validators catching up
 
     async def _serve_light(self, peer: str, request: bytes) -> bytes:
         """The light-client protocol, on the chain thread like sync (``light_server``)."""
-        return bytes(await self.on_chain(light_server.serve, self.chain, request))
+        return bytes(await self.for_users(light_server.serve, self.chain, request))
 
     async def _sync_loop(self) -> None:
         """Catch up from peers: at start (before authoring), every second, and on demand."""
