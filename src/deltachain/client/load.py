@@ -266,9 +266,10 @@ class FleetLoad:
         with self.lock:
             for i, tx, (ok, result) in zip(chunk, txs, replies, strict=True):
                 self.report.submitted += 1
-                if ok:
+                if ok or "is already in the pool" in str(result):  # a retried batch: pooled
+                    tx_hash = "0x" + tx.hash.hex()
                     self.report.accepted += 1
-                    self.submitted[str(result)] = Submitted(str(result), i, node, version, at)
+                    self.submitted[tx_hash] = Submitted(tx_hash, i, node, version, at)
                     nonces[i] += 1
                     done_for[i] = version
                     continue

@@ -79,6 +79,9 @@ REANNOUNCE_EVERY_S = 6.0
 """Pool transactions still waiting after this long are gossiped again (and at once when a
 peer connects): a peer that was away or restarted missed the first announcement."""
 MAX_REANNOUNCE = 2048
+TX_INBOUND_BATCHES = 256
+"""Peers' transaction batches waiting for the chain thread; beyond this the oldest is dropped
+(its transactions come again with the next re-announcement)."""
 
 
 def tx_batches(raws: list[bytes]) -> list[bytes]:
@@ -343,6 +346,7 @@ class NodeService:
         self.metrics = metrics
         self.topics = topics(chain.genesis_hash)
         self.network: Network | None = None
+        self._tx_inbound: asyncio.Queue[bytes] = asyncio.Queue(TX_INBOUND_BATCHES)
         self.synced = asyncio.Event()
         self.sync_wanted = asyncio.Event()
 
@@ -420,6 +424,7 @@ class NodeService:
                 asyncio.create_task(self._gossip_loop(), name="gossip"),
                 asyncio.create_task(self._sync_loop(), name="sync"),
                 asyncio.create_task(self._tx_gossip_loop(), name="tx-gossip"),
+                asyncio.create_task(self._tx_inbound_loop(), name="tx-inbound"),
             ]
         try:
             stopper = asyncio.create_task(self.stop.wait())
@@ -527,11 +532,10 @@ class NodeService:
             try:
                 if kind == "blocks":
                     await self._on_block_gossip(message.sender, message.data)
-                elif kind == "txs":
-                    counts = await self.for_users(
-                        self.chain.submit_batch, decode_tx_batch(message.data)
-                    )
-                    self._count_gossiped(counts)
+                elif kind == "txs":  # off this loop: blocks and votes must not queue behind
+                    if self._tx_inbound.full():
+                        self._tx_inbound.get_nowait()  # the oldest; re-announcement repairs it
+                    self._tx_inbound.put_nowait(message.data)
                 elif kind == "votes":
                     outcome = await self.on_chain(self.chain.add_vote, Vote.decode(message.data))
                     if outcome.finalized is not None:
@@ -550,6 +554,17 @@ class NodeService:
             if kind in ("votes", "justifications"):
                 await self._notify_rpc()  # finality (or a vote-driven reorg) may have moved
             await self._report_evidence()
+
+    async def _tx_inbound_loop(self) -> None:
+        """Peers' transaction batches, pooled one batch at a time after consensus work."""
+        while True:
+            data = await self._tx_inbound.get()
+            try:
+                counts = await self.for_users(self.chain.submit_batch, decode_tx_batch(data))
+            except DeltachainError as exc:
+                log.debug("ignored a transaction batch: %s", exc)
+                counts = {type(exc).__name__: 1}
+            self._count_gossiped(counts)
 
     def _count_gossiped(self, counts: dict[str, int]) -> None:
         """Peers' transactions we refused: AlreadyKnown is the normal echo of gossip."""
