@@ -300,7 +300,8 @@ def test_empty_database_is_corruption_not_a_new_chain(tmp_path: Path, make) -> N
         open_chain(base)
     message = str(info.value)
     assert "\n" not in message
-    assert "aside" in message and "signing-state" in message
+    assert "aside" in message
+    assert "signing-state" in message
     assert dir_snapshot(base) == before
 
 

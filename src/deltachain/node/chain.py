@@ -30,6 +30,7 @@ from deltachain.consensus.finality import (
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.crypto.trie import TrieProof, trie_prove
 from deltachain.errors import AlreadyKnown, DecodeError, DeltachainError, InvalidBlock, NotFound
+from deltachain.node.signing_state import SignedRecord, SigningState
 from deltachain.node.storage import Storage
 from deltachain.node.txpool import PoolLimits, TxPool
 from deltachain.primitives.block import MAX_BLOCK_TXS, Block, Header
@@ -81,6 +82,7 @@ class Chain:
         *,
         archive: bool = False,
         pool_limits: PoolLimits | None = None,
+        signing_state: SigningState | None = None,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
@@ -99,6 +101,39 @@ class Chain:
         )
         raw = self.storage.meta_value("vote_record")
         self.vote_record = VoteRecord(*codec.decode(raw)) if raw else VoteRecord()
+        self.signing_state = signing_state
+        try:
+            if signing_state is not None:
+                signing_state.check_database(
+                    self.storage.database_id(),
+                    self.storage.finalized_header().number,
+                    self.storage.path,
+                )
+            self._restore_finality()
+        except BaseException:
+            self.storage.close()
+            raise
+
+    def _restore_finality(self) -> None:
+        """Rebuild what the gadget knew before a restart: the block justified by the newest
+        stored justification, then every stored vote above finality (re-counted, so justified
+        checkpoints come back) and this validator's own last vote from its signing state."""
+        with contextlib.suppress(NotFound, DeltachainError):
+            latest = Justification.decode(self.storage.latest_justification())
+            self._settle_finality(self.gadget.learn(latest, self.storage), None)
+        votes = [Vote.decode(raw) for raw in self.storage.votes()]
+        if self.signing_state is not None and self.signing_state.record is not None:
+            votes.append(self.signing_state.record.vote)
+        for vote in votes:
+            with contextlib.suppress(DeltachainError):
+                self._settle_finality(self.gadget.add_vote(vote, self.storage), None)
+        if votes:
+            log.info(
+                "finality restored: finalized #%d, %d justified above it, %d votes re-counted",
+                self.gadget.finalized.number,
+                sum(1 for n in self.gadget.justified.values() if n > self.gadget.finalized.number),
+                len(votes),
+            )
 
     def close(self) -> None:
         self.storage.close()
@@ -245,8 +280,14 @@ class Chain:
     def add_vote(self, vote: Vote) -> FinalityOutcome:
         """Count a gossiped vote. Raises InvalidVote for votes that do not verify."""
         outcome = self.gadget.add_vote(vote, self.storage)
+        if outcome.counted and vote.link.target.number > self.gadget.finalized.number:
+            self.storage.put_vote(vote.encode(), vote.link.target.number)
         self._settle_finality(outcome, None)
         return outcome
+
+    def pending_votes(self) -> list[Vote]:
+        """Votes above finality worth re-sending to peers that were away (``FinalityGadget``)."""
+        return self.gadget.pending_votes()
 
     def add_justification(self, justification: Justification) -> bool:
         """Accept a peer's proof of finality for a block we have; True if it advanced ours."""
@@ -293,7 +334,8 @@ class Chain:
             )
             self.gadget.reset(set_id, authorities, self.storage.finalized_header())
         else:
-            self.gadget.finalized = self.storage.finalized_header()
+            # its target is justified too: a node that missed the votes votes from there next
+            self._settle_finality(self.gadget.learn(justification, self.storage), None)
 
     def vote(self, keypair: Keypair) -> Vote | None:
         """Sign this node's vote for the current head, if the rules allow one.
@@ -306,11 +348,22 @@ class Chain:
         link = self.gadget.proposal(self.storage.best_header(), self.storage, self.vote_record)
         if link is None:
             return None
+        signer = self.signing_state
+        if signer is not None and signer.voter != keypair.address:
+            signer = None  # tests author for every key on one chain; a node has one key
+        if signer is not None and signer.check(link) is not None:
+            return None  # the database forgot a vote the signing state remembers (logged)
+        vote = sign_vote(keypair, link, self.genesis_hash)
+        if signer is not None:
+            signer.save(
+                SignedRecord(
+                    vote, self.storage.finalized_header().number, self.storage.database_id()
+                )
+            )
         self.vote_record = VoteRecord(link.set_id, link.source.number, link.target.number)
         self.storage.put_meta_value(
             "vote_record", codec.encode([link.set_id, link.source.number, link.target.number])
         )
-        vote = sign_vote(keypair, link, self.genesis_hash)
         self.add_vote(vote)
         return vote
 
