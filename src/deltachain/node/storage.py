@@ -263,7 +263,10 @@ class Storage:
                 "move it away or choose another --base-path"
             )
         damaged = f"{self.path} is damaged"
-        advice = "move it away (or delete it to resync) or choose another --base-path"
+        advice = (
+            "move it aside (with its -wal/-shm files) to resync, keeping a validator's "
+            "signing-state file, or choose another --base-path"
+        )
         try:
             version = codec.decode(self._meta("schema_version"))
             stored_genesis = self._meta("genesis_hash")
