@@ -228,3 +228,59 @@ def test_restart_remembers_justified_blocks_above_finality(
         assert {v.encode() for v in again.pending_votes()} == pending
     finally:
         again.close()
+
+
+async def test_all_four_restarted_with_votes_in_flight_catch_up_through_sync(
+    tmp_path: Path, producer: Producer
+) -> None:
+    """All four stop just after voting for the newest block, before any vote arrived anywhere.
+    Each one's vote survives in its signing state; after the restart the ``["votes"]`` sync
+    request spreads them, the block becomes justified, and finality moves on."""
+    from test_network_consensus import LoopbackPeers, service_for
+
+    def open_all() -> dict[str, Chain]:
+        return {
+            str(i): open_chain(
+                tmp_path / f"v{i}", SigningState(tmp_path / f"v{i}.json", key.address)
+            )
+            for i, key in enumerate(VALIDATORS)
+        }
+
+    def step(chains: dict[str, Chain], *, deliver: bool) -> None:
+        block = producer.next_block()
+        for chain in chains.values():
+            chain.import_block(block, now_slot=None)
+        votes = [chain.vote(key) for chain, key in zip(chains.values(), VALIDATORS, strict=True)]
+        if deliver:
+            for chain in chains.values():
+                for vote in votes:
+                    if vote is not None:
+                        chain.add_vote(vote)
+
+    chains = open_all()
+    try:
+        for _ in range(5):
+            step(chains, deliver=True)
+        step(chains, deliver=False)  # signed, recorded, never received
+        head = chains["0"].storage.best_header()
+        stood = chains["0"].storage.finalized_header().number
+        assert all(c.storage.finalized_header().number == stood for c in chains.values())
+        assert all(c.gadget.justified.get(head.hash) is None for c in chains.values())
+    finally:
+        for chain in chains.values():
+            chain.close()
+    chains = open_all()
+    try:
+        for name, chain in chains.items():
+            service = service_for(chain, tmp_path / f"v{name}")
+            others = {k: v for k, v in chains.items() if k != name}
+            await service._sync_round(LoopbackPeers(others))  # type: ignore[arg-type]
+        for chain in chains.values():
+            assert chain.gadget.justified.get(head.hash) == head.number  # learned from peers
+            assert chain.storage.finalized_header().number == head.number - 1 > stood
+        step(chains, deliver=True)
+        for chain in chains.values():
+            assert chain.storage.finalized_header().number == head.number
+    finally:
+        for chain in chains.values():
+            chain.close()
