@@ -455,3 +455,21 @@ def test_disk_full_is_a_storage_error_and_leaves_the_head(tmp_path: Path, chain:
     assert result is not None
     assert len(result.block.transactions) == 1
     assert chain.storage.best_header().number == before.number + 1
+
+
+def test_check_db_command_exits_non_zero_on_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deltachain.node.cli import main
+
+    base = tmp_path / "node"
+    open_chain(base).close()
+    assert main(["node", "check-db", "--base-path", str(base)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+    conn = sqlite3.connect(base / DB_FILE)
+    conn.execute("DELETE FROM nodes")
+    conn.commit()
+    conn.close()
+    assert main(["node", "check-db", "--base-path", str(base)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"{base / DB_FILE}: the state of canonical block #0 is missing"]
