@@ -473,3 +473,21 @@ def test_check_db_command_exits_non_zero_on_problems(
     assert main(["node", "check-db", "--base-path", str(base)]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out == [f"{base / DB_FILE}: the state of canonical block #0 is missing"]
+
+
+def test_missing_database_with_a_leftover_wal_is_refused(tmp_path: Path) -> None:
+    """Deleting only chain.sqlite leaves its -wal: SQLite would replay it into a new file."""
+    base = tmp_path / "node"
+    c = open_chain(base)
+    try:
+        author(c, 2)
+        wal = base / f"{DB_FILE}-wal"
+        assert wal.stat().st_size > 0
+        saved = wal.read_bytes()
+    finally:
+        c.close()
+    (base / DB_FILE).unlink()
+    wal.write_bytes(saved)  # as a crash would have left it
+    with pytest.raises(CorruptDatabase, match="write-ahead log"):
+        open_chain(base)
+    assert not (base / DB_FILE).exists()

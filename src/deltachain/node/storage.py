@@ -7,6 +7,7 @@ instant leaves the last fully imported block as the head and nothing half-writte
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import secrets
@@ -128,6 +129,13 @@ class Storage:
                 f"({exc.strerror or exc}); choose another --base-path"
             ) from None
         if not exists:
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                # SQLite would replay the old database's log into the new one
+                raise CorruptDatabase(
+                    f"{path} is missing but its write-ahead log {wal} is still there; "
+                    + RESYNC_ADVICE.format(path=path)
+                )
             cls._create(path, genesis_block, genesis_diff, chain_id)
         store = cls(_connect(path), path, archive)
         try:
@@ -157,16 +165,19 @@ class Storage:
         finally:
             store.close()
         try:
-            os.link(tmp, path)  # fails if another node created it meanwhile: theirs stands
-        except FileExistsError:
-            pass
+            with contextlib.suppress(FileExistsError):  # another node created it meanwhile
+                os.link(tmp, path)
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create {path} ({exc.strerror or exc}); choose another --base-path"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     @classmethod
     def open_existing(cls, base_path: Path) -> Storage:
