@@ -284,3 +284,53 @@ async def test_all_four_restarted_with_votes_in_flight_catch_up_through_sync(
     finally:
         for chain in chains.values():
             chain.close()
+
+
+def test_double_sign_check_holds_votes_and_spots_a_second_node_with_the_key(
+    tmp_path: Path, producer: Producer, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = SigningState(tmp_path / "v.json", ME.address)
+    chain = open_chain(tmp_path / "node", state)
+    try:
+        grow(chain, producer, 3)
+    finally:
+        chain.close()
+    assert state.record is not None
+    signed = state.record.vote.link.target.number
+
+    def reopen(slots: int) -> Chain:
+        return Chain(
+            four_validator_spec(),
+            construct_runtime(),
+            tmp_path / "node",
+            signing_state=SigningState(state.path, ME.address),
+            double_sign_check_slots=slots,
+        )
+
+    held = reopen(10_000)  # listening for a long time: no vote at all
+    try:
+        grow(held, producer, 2)
+        assert SigningState(state.path, ME.address).record == state.record
+    finally:
+        held.close()
+    twin = reopen(0)
+    twin.double_sign_check = True  # listening over; the check itself stays on
+    try:
+        # our own earlier vote coming back from a peer is not a twin
+        twin.add_vote(state.record.vote)
+        assert twin.foreign_vote is None
+        catch_up(twin, producer)
+        block = producer.next_block()
+        twin.import_block(block, now_slot=None)
+        link = twin.gadget.proposal(block.header, twin.storage, VoteRecord())
+        assert link is not None
+        assert link.target.number > signed
+        caplog.set_level(logging.ERROR)
+        twin.add_vote(sign_vote(ME, link, twin.genesis_hash))  # signed by another process
+        assert twin.foreign_vote is not None
+        assert "another node is voting with this key" in caplog.text
+        assert twin.vote(ME) is None
+        grow(twin, producer, 2)
+        assert twin.vote(ME) is None  # never again in this process
+    finally:
+        twin.close()

@@ -83,6 +83,7 @@ class Chain:
         archive: bool = False,
         pool_limits: PoolLimits | None = None,
         signing_state: SigningState | None = None,
+        double_sign_check_slots: int = 0,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
@@ -102,6 +103,11 @@ class Chain:
         raw = self.storage.meta_value("vote_record")
         self.vote_record = VoteRecord(*codec.decode(raw)) if raw else VoteRecord()
         self.signing_state = signing_state
+        self.hold_votes_until = time.monotonic() + double_sign_check_slots * spec.slot_ms / 1000
+        """``--double-sign-check``: listen this long for votes by our key before voting."""
+        self.double_sign_check = double_sign_check_slots > 0
+        self.foreign_vote: Vote | None = None
+        self._signed_here: set[bytes] = set()
         try:
             if signing_state is not None:
                 signing_state.check_database(
@@ -280,10 +286,31 @@ class Chain:
     def add_vote(self, vote: Vote) -> FinalityOutcome:
         """Count a gossiped vote. Raises InvalidVote for votes that do not verify."""
         outcome = self.gadget.add_vote(vote, self.storage)
+        self._note_own_key(vote)
         if outcome.counted and vote.link.target.number > self.gadget.finalized.number:
             self.storage.put_vote(vote.encode(), vote.link.target.number)
         self._settle_finality(outcome, None)
         return outcome
+
+    def _note_own_key(self, vote: Vote) -> None:
+        """With --double-sign-check: a verified vote by our key, above anything this node ever
+        signed and not signed by this process, means another node runs with the same key."""
+        signer = self.signing_state
+        if not self.double_sign_check or signer is None or self.foreign_vote is not None:
+            return
+        if vote.voter != signer.voter or bytes(vote.signature) in self._signed_here:
+            return
+        record = signer.record
+        if record is None or (vote.link.set_id, vote.link.target.number) > (
+            record.vote.link.set_id,
+            record.vote.link.target.number,
+        ):
+            self.foreign_vote = vote
+            log.error(
+                "another node is voting with this key (a vote for #%d this node never signed); "
+                "this node will not vote: stop one of the two and restart this one",
+                vote.link.target.number,
+            )
 
     def pending_votes(self) -> list[Vote]:
         """Votes above finality worth re-sending to peers that were away (``FinalityGadget``)."""
@@ -345,6 +372,10 @@ class Chain:
         """
         if keypair.address not in self.gadget.authorities:
             return None
+        if self.double_sign_check and (
+            self.foreign_vote is not None or time.monotonic() < self.hold_votes_until
+        ):
+            return None  # still listening for our own key's votes, or another node has it
         link = self.gadget.proposal(self.storage.best_header(), self.storage, self.vote_record)
         if link is None:
             return None
@@ -354,6 +385,7 @@ class Chain:
         if signer is not None and signer.check(link) is not None:
             return None  # the database forgot a vote the signing state remembers (logged)
         vote = sign_vote(keypair, link, self.genesis_hash)
+        self._signed_here.add(bytes(vote.signature))
         if signer is not None:
             signer.save(
                 SignedRecord(

@@ -194,6 +194,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         prometheus_host="0.0.0.0" if args.prometheus_external else "127.0.0.1",  # noqa: S104
         prometheus_port=None if args.no_prometheus else args.prometheus_port,
         signing_state=signing_state_path(args, base_path) if key is not None else None,
+        double_sign_check_slots=args.double_sign_check,
     )
     asyncio.run(run_node(config))
     return 0
@@ -810,6 +811,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--signing-state",
         help="the validator's last-vote file, kept apart from the database so a wiped database "
         "never makes it double-vote (default: beside the key file; BASE for a //dev key)",
+    )
+    node.add_argument(
+        "--double-sign-check",
+        type=int,
+        default=0,
+        metavar="SLOTS",
+        help="before the first vote, listen SLOTS slots for votes by this key; never vote if "
+        "another node turns out to be voting with it (default 0: off)",
     )
     node.set_defaults(func=cmd_node)
     node_sub = node.add_subparsers(dest="node_cmd", metavar="{check-db}")

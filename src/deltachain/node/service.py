@@ -87,6 +87,8 @@ class NodeConfig:
     """None: no metrics endpoint."""
     signing_state: Path | None = None
     """The validator's double-sign protection file (``node/signing_state.py``); None: none."""
+    double_sign_check_slots: int = 0
+    """Listen this many slots for votes by our own key before the first vote (0: don't)."""
 
 
 def now_ms() -> int:
@@ -130,6 +132,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
             config.base_path,
             archive=config.archive,
             signing_state=signer,
+            double_sign_check_slots=config.double_sign_check_slots,
         )
         try:
             await _serve(chain, config, stop)
