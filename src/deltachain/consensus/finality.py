@@ -252,8 +252,8 @@ class FinalityGadget:
         """Take in a verified justification: its source is final, its target justified.
 
         A node that was away (restarted, paused, partitioned) learns here what the others
-        justified while it was gone, so its next vote has their source (see docs/consensus.md,
-        "Restarts"). Votes already counted from that source may now justify more.
+        justified while it was gone, so its next vote has their source (docs/consensus.md
+        §2.1). Votes already counted from that source may now justify more.
         """
         outcome = FinalityOutcome()
         if justification.set_id != self.set_id:

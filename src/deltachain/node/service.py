@@ -591,7 +591,7 @@ class NodeService:
 
         Votes are otherwise gossiped once; a validator that restarted, was paused or was cut
         off would never learn what the others justified meanwhile and would vote from an older
-        source forever (docs/consensus.md, "Restarts").
+        source forever (docs/consensus.md §2.1).
         """
         peers = frozenset(network.peers())
         new_peer = bool(peers - self._known_peers)
