@@ -4,7 +4,9 @@ Multi-process tests start ``deltachain node`` directly (four dev validators, 500
 node given the others as reserved bootnodes) and poll JSON-RPC with bounded waits. Every process
 is SIGKILLed and reaped at teardown, whatever happens. A background watcher records the
 canonical hash of every finalized height on every node, so a finalized block that changes (is
-reverted) anywhere, at any time of a run, fails the test.
+reverted) anywhere, at any time of a run, fails the test. Restart tests kill -9 one, two or all
+validators at awkward moments (just after a block, just after a slot boundary), or wipe one's
+database, and require finality to resume, then to survive one validator being paused.
 
 In-process tests (no processes): Aura checks on a four-authority ``Chain``, equivocation turned
 into on-chain evidence, and a 2–2 partition healed through the sync protocol.
@@ -761,6 +763,25 @@ def finality_resumes(network: Network, after: int, by: int, timeout: float, what
     network.wait_until(all_finalized(after + by), timeout, what)
 
 
+def finality_survives_pausing(network: Network, paused: int) -> None:
+    """With validator ``paused`` stopped, the other three (3 of 4, the bare supermajority) must
+    still finalize: every one of their votes has to count, so none may vote from a stale
+    source (the symptom of a restarted node that forgot what was justified)."""
+    others = [i for i in range(4) if i != paused]
+    node = network.nodes[paused]
+    node.signal(signal.SIGSTOP)
+    try:
+        before = max(network.finalized(network.heads(), others))
+        names = ", ".join(network.nodes[i].name for i in others)
+        network.wait_until(
+            all_finalized(before + 4, others),
+            40,
+            f"{names} to finalize while {node.name} is paused",
+        )
+    finally:
+        node.signal(signal.SIGCONT)
+
+
 @pytest.mark.slow
 def test_one_validator_killed_mid_vote_votes_with_the_others_after_restart(
     network: Network,
@@ -776,17 +797,7 @@ def test_one_validator_killed_mid_vote_votes_with_the_others_after_restart(
         lambda hs: hs[3] is not None and hs[3].finalized > 0, 60, "dave to come back"
     )
     finality_resumes(network, max(network.finalized(heads, range(4))), 3, 40, "finality")
-    charlie.signal(signal.SIGSTOP)
-    try:
-        heads = network.heads()
-        before = max(network.finalized(heads, (0, 1, 3)))
-        network.wait_until(
-            all_finalized(before + 4, (0, 1, 3)),
-            40,
-            "alice, bob and the restarted dave to finalize while charlie is paused",
-        )
-    finally:
-        charlie.signal(signal.SIGCONT)
+    finality_survives_pausing(network, network.nodes.index(charlie))
     network.watch.assert_consistent()
 
 
@@ -802,6 +813,7 @@ def test_two_validators_killed_and_restarted_finality_resumes(network: Network) 
     charlie.start()
     dave.start()
     finality_resumes(network, halted, 3, 90, "finality to resume with all four back")
+    finality_survives_pausing(network, 0)  # bob + the two restarted ones
     network.watch.assert_consistent()
 
 
@@ -825,6 +837,7 @@ def test_all_validators_stopped_just_after_a_slot_boundary_finality_resumes(
     for node in network.nodes:
         node.start()
     finality_resumes(network, before, 3, 120, "finality to resume after a full restart")
+    finality_survives_pausing(network, 1)
     network.watch.assert_consistent()
 
 
