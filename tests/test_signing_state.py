@@ -106,6 +106,10 @@ def test_signing_state_round_trips_and_enforces_the_rules(
         chain.close()
     with pytest.raises(SigningStateError, match="belongs to"):
         SigningState(state.path, VALIDATORS[1].address)
+    other_chain = SigningState(state.path, ME.address)
+    other_chain.for_chain(b"\x01" * 32)  # a new genesis with the same key starts afresh
+    assert other_chain.record is None
+    assert other_chain.check(last) is None
     state.path.write_text("{not json")
     with pytest.raises(SigningStateError, match="unreadable") as info:
         SigningState(state.path, ME.address)
@@ -118,7 +122,7 @@ def cp(number: int) -> Checkpoint:
 
 def test_record_conflicts_are_double_and_surround_votes() -> None:
     genesis = Hash32(b"\x42" * 32)
-    record = SignedRecord(sign_vote(ME, Link(0, cp(5), cp(7)), genesis), 5, b"x" * 16)
+    record = SignedRecord(sign_vote(ME, Link(0, cp(5), cp(7)), genesis), 5, b"x" * 16, genesis)
     assert record.conflict(Link(0, cp(5), cp(7))) is not None  # the same vote again
     assert record.conflict(Link(0, cp(6), cp(7))) is not None  # double: another target at 7
     assert record.conflict(Link(0, cp(4), cp(9))) is not None  # surround: source went back
@@ -127,7 +131,7 @@ def test_record_conflicts_are_double_and_surround_votes() -> None:
     assert record.conflict(Link(0, cp(7), cp(8))) is None
     assert record.conflict(Link(1, cp(0), cp(1))) is None  # a later set starts afresh
     assert (
-        SignedRecord(sign_vote(ME, Link(2, cp(5), cp(7)), genesis), 5, b"").conflict(
+        SignedRecord(sign_vote(ME, Link(2, cp(5), cp(7)), genesis), 5, b"", genesis).conflict(
             Link(1, cp(5), cp(9))
         )
         == "an earlier authority set"

@@ -110,6 +110,7 @@ class Chain:
         self._signed_here: set[bytes] = set()
         try:
             if signing_state is not None:
+                signing_state.for_chain(self.genesis_hash)
                 signing_state.check_database(
                     self.storage.database_id(),
                     self.storage.finalized_header().number,
@@ -389,7 +390,10 @@ class Chain:
         if signer is not None:
             signer.save(
                 SignedRecord(
-                    vote, self.storage.finalized_header().number, self.storage.database_id()
+                    vote,
+                    self.storage.finalized_header().number,
+                    self.storage.database_id(),
+                    self.genesis_hash,
                 )
             )
         self.vote_record = VoteRecord(link.set_id, link.source.number, link.target.number)

@@ -41,6 +41,8 @@ class SignedRecord:
     vote: Vote
     finalized: int
     database_id: bytes
+    genesis_hash: bytes
+    """Votes sign the genesis hash: a record of another chain never conflicts with this one."""
 
     def conflict(self, link: Link) -> str | None:
         """Why signing ``link`` could conflict with the recorded vote, or None if it is safe.
@@ -71,6 +73,7 @@ class SignedRecord:
             "vote": self.vote.encode().hex(),
             "finalized": self.finalized,
             "database_id": self.database_id.hex(),
+            "genesis": self.genesis_hash.hex(),
         }
 
 
@@ -90,7 +93,12 @@ class SigningState:
         try:
             obj = json.loads(self.path.read_text())
             vote = Vote.decode(bytes.fromhex(obj["vote"]))
-            record = SignedRecord(vote, int(obj["finalized"]), bytes.fromhex(obj["database_id"]))
+            record = SignedRecord(
+                vote,
+                int(obj["finalized"]),
+                bytes.fromhex(obj["database_id"]),
+                bytes.fromhex(obj["genesis"]),
+            )
         except (OSError, ValueError, KeyError, TypeError, DecodeError) as exc:
             raise SigningStateError(
                 f"signing state {self.path} is unreadable ({exc}); {fix}"
@@ -101,6 +109,19 @@ class SigningState:
                 f"key {address_to_str(self.voter)}; pass the matching --signing-state"
             )
         return record
+
+    def for_chain(self, genesis_hash: bytes) -> None:
+        """Set aside a record of another chain (a new genesis with the same key): its votes
+        sign another genesis hash, so they cannot conflict with this chain's."""
+        record = self.record
+        if record is not None and record.genesis_hash != genesis_hash:
+            log.warning(
+                "signing state %s is for another chain (genesis 0x%s…); it is replaced at this "
+                "chain's first vote",
+                self.path,
+                record.genesis_hash.hex()[:16],
+            )
+            self.record = None
 
     def check(self, link: Link) -> str | None:
         """None if ``link`` may be signed; else why not (logged once per refusal streak)."""
