@@ -409,3 +409,55 @@ def test_node_refuses_a_busy_rpc_port(tmp_path: Path, spec_file: Path) -> None:
     stderr = "\n".join(lines)
     assert "Traceback" not in stderr
     assert "stopped cleanly" not in stderr
+
+
+# --- databases that lost data: refuse, never start over ---------------------------------------
+
+
+def test_node_refuses_an_emptied_database(tmp_path: Path, spec_file: Path) -> None:
+    """``: > chain.sqlite`` used to start a brand-new chain from genesis without a word."""
+    base = tmp_path / "node"
+    Chain(dev_chain_spec(slot_ms=SLOT_MS), construct_runtime(), base).close()
+    (base / DB_FILE).write_bytes(b"")
+    lines = start_refused(node_args(spec_file, base))
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert "empty (0 bytes)" in lines[0]
+    assert "aside" in lines[0]
+    assert (base / DB_FILE).stat().st_size == 0  # left as it was for inspection
+
+
+def test_node_refuses_a_database_whose_finality_went_back(
+    tmp_path: Path, spec_file: Path, start_node: Callable[..., NodeProcess]
+) -> None:
+    """A lost or truncated WAL rolls finality back (#40 → #35); the signing state remembers the
+    finality the validator saw, so the rolled-back database is refused with one line."""
+    base = tmp_path / "node"
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    node = start_node(*node_args(spec_file, base))
+    first = int(node.wait_for(re.compile(r"authored #\d+ .*finalized #([1-9]\d*)"))[1])
+    node.proc.send_signal(signal.SIGSTOP)  # a consistent copy: nothing writes meanwhile
+    try:
+        for path in base.glob(f"{DB_FILE}*"):
+            (snapshot / path.name).write_bytes(path.read_bytes())
+    finally:
+        node.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 4 * WAIT_S
+    while int(node.rpc("chain_getHeader", node.rpc("chain_getFinalizedHead"))["number"]) < (
+        first + 5
+    ):
+        assert time.monotonic() < deadline, node.log()
+        time.sleep(0.1)
+    assert node.signal(signal.SIGKILL) == -signal.SIGKILL
+    for path in base.glob(f"{DB_FILE}*"):
+        path.unlink()
+    for path in snapshot.iterdir():  # the database as it was, with its id: rolled back
+        (base / path.name).write_bytes(path.read_bytes())
+    lines = start_refused(node_args(spec_file, base))
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    assert "went back from finalized" in lines[0]
+    assert "signing-state" in lines[0]
+    assert not any("Traceback" in line for line in lines)
+    assert (base / "signing-state-alice.json").exists()

@@ -207,3 +207,71 @@ def test_justification_verification_and_encoding() -> None:
     with pytest.raises(InvalidVote, match="does not verify"):
         verify_justification(good, SET, 0, Hash32(b"\x00" * 32))
     assert Vote.decode(sign_vote(KEYS[0], lk, GENESIS).encode()).link == lk
+
+
+# --- what a node that was away needs (restarts, pauses) -----------------------------------------
+
+
+def test_a_fresh_gadget_learns_the_justified_block_from_re_sent_votes() -> None:
+    """The restart bug: a node that forgot b2 is justified votes b1 → b3 while the others vote
+    b2 → b3, and its votes never count. Re-sent votes (pending_votes) teach it b2."""
+    tree = Tree()
+    b1 = tree.child(tree.root)
+    b2 = tree.child(b1)
+    b3 = tree.child(b2)
+    peer = FinalityGadget(GENESIS, 0, SET, tree.root)
+    vote_all(peer, tree, link(tree.root, b1), KEYS[:3])
+    out = vote_all(peer, tree, link(b1, b2), KEYS[:3])
+    assert out.finalized is not None
+    assert peer.finalized == b1
+    peer.add_vote(sign_vote(KEYS[3], link(b1, b3), GENESIS), tree)  # the one that was away
+    pending = peer.pending_votes()
+    assert {v.link for v in pending} == {link(b1, b2), link(b1, b3)}
+    assert len([v for v in pending if v.link == link(b1, b2)]) == 3
+
+    restarted = FinalityGadget(GENESIS, 0, SET, b1)  # knows only its stored finalized block
+    assert restarted.proposal(b3, tree, VoteRecord()) == link(b1, b3)  # one behind
+    for vote in pending:
+        restarted.add_vote(vote, tree)
+    assert restarted.justified.get(b2.hash) == 2
+    assert restarted.proposal(b3, tree, VoteRecord()) == link(b2, b3)  # with the others
+
+
+def test_a_justification_makes_its_target_justified() -> None:
+    tree = Tree()
+    b1 = tree.child(tree.root)
+    b2 = tree.child(b1)
+    b3 = tree.child(b2)
+    peer = FinalityGadget(GENESIS, 0, SET, tree.root)
+    vote_all(peer, tree, link(tree.root, b1), KEYS[:3])
+    out = vote_all(peer, tree, link(b1, b2), KEYS[:3])
+    assert out.finalized is not None
+    behind = FinalityGadget(GENESIS, 0, SET, tree.root)
+    # a vote from b2 that arrived before the node knew b2 was justified waits...
+    behind.add_vote(sign_vote(KEYS[0], link(b2, b3), GENESIS), tree)
+    learned = behind.learn(out.finalized, tree)
+    assert behind.finalized == b1
+    assert learned.justified == [b2.hash]
+    assert behind.proposal(b3, tree, VoteRecord()) == link(b2, b3)
+    # ...and counts as soon as two more arrive
+    out = vote_all(behind, tree, link(b2, b3), KEYS[1:3])
+    assert out.finalized is not None
+    assert out.finalized.source == b2
+    assert behind.learn(out.finalized, tree).justified == []  # nothing new twice
+    assert FinalityGadget(GENESIS, 1, SET, tree.root).learn(out.finalized, tree).justified == []
+
+
+def test_pending_votes_forget_what_is_final() -> None:
+    tree = Tree()
+    b1 = tree.child(tree.root)
+    b2 = tree.child(b1)
+    b3 = tree.child(b2)
+    gadget = FinalityGadget(GENESIS, 0, SET, tree.root)
+    vote_all(gadget, tree, link(tree.root, b1), KEYS)
+    vote_all(gadget, tree, link(b1, b2), KEYS)
+    vote_all(gadget, tree, link(b2, b3), KEYS)
+    assert gadget.finalized == b2
+    pending = gadget.pending_votes()
+    assert {v.link for v in pending} == {link(b2, b3)}  # b3 justified, not final
+    for vote in pending:
+        vote.verify(GENESIS)

@@ -4,7 +4,9 @@ Multi-process tests start ``deltachain node`` directly (four dev validators, 500
 node given the others as reserved bootnodes) and poll JSON-RPC with bounded waits. Every process
 is SIGKILLed and reaped at teardown, whatever happens. A background watcher records the
 canonical hash of every finalized height on every node, so a finalized block that changes (is
-reverted) anywhere, at any time of a run, fails the test.
+reverted) anywhere, at any time of a run, fails the test. Restart tests kill -9 one, two or all
+validators at awkward moments (just after a block, just after a slot boundary), or wipe one's
+database, and require finality to resume, then to survive one validator being paused.
 
 In-process tests (no processes): Aura checks on a four-authority ``Chain``, equivocation turned
 into on-chain evidence, and a 2–2 partition healed through the sync protocol.
@@ -735,3 +737,146 @@ async def test_partition_deeper_than_the_sync_overlap_heals(tmp_path: Path) -> N
     finally:
         a.close()
         b.close()
+
+
+# --- restarts: finality must resume, whoever restarts and whenever -----------------------------
+
+
+def kill_9(node: Node) -> None:
+    node.signal(signal.SIGKILL)
+    node.kill()  # reap
+
+
+def kill_after_a_block(node: Node, timeout: float = 30.0) -> None:
+    """SIGKILL ``node`` just after it logs a new block: mid-vote, the awkward moment (its vote
+    for that block is being signed, recorded and sent)."""
+    seen = len(re.findall(r"(authored|imported) #", node.log()))
+    deadline = time.monotonic() + timeout
+    while len(re.findall(r"(authored|imported) #", node.log())) <= seen:
+        assert time.monotonic() < deadline, f"{node.name} logged no block:\n{node.tail()}"
+        time.sleep(0.02)
+    kill_9(node)
+
+
+def finality_resumes(network: Network, after: int, by: int, timeout: float, what: str) -> None:
+    """Every node finalizes at least ``by`` blocks past ``after`` within ``timeout``."""
+    network.wait_until(all_finalized(after + by), timeout, what)
+
+
+def finality_survives_pausing(network: Network, paused: int) -> None:
+    """With validator ``paused`` stopped, the other three (3 of 4, the bare supermajority) must
+    still finalize: every one of their votes has to count, so none may vote from a stale
+    source (the symptom of a restarted node that forgot what was justified)."""
+    others = [i for i in range(4) if i != paused]
+    node = network.nodes[paused]
+    node.signal(signal.SIGSTOP)
+    try:
+        before = max(network.finalized(network.heads(), others))
+        names = ", ".join(network.nodes[i].name for i in others)
+        network.wait_until(
+            all_finalized(before + 4, others),
+            40,
+            f"{names} to finalize while {node.name} is paused",
+        )
+    finally:
+        node.signal(signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_one_validator_killed_mid_vote_votes_with_the_others_after_restart(
+    network: Network,
+) -> None:
+    """The bug: after a restart dave voted 70 → 72 while the others voted 71 → 72, forever.
+    The proof that he votes with them: with charlie paused, alice, bob and dave (3 of 4) must
+    still finalize, which needs every one of dave's votes to count."""
+    network.wait_until(all_finalized(3), STARTUP_S, "finality on every node")
+    dave, charlie = network.nodes[3], network.nodes[2]
+    kill_after_a_block(dave)
+    dave.start()
+    heads = network.wait_until(
+        lambda hs: hs[3] is not None and hs[3].finalized > 0, 60, "dave to come back"
+    )
+    finality_resumes(network, max(network.finalized(heads, range(4))), 3, 40, "finality")
+    finality_survives_pausing(network, network.nodes.index(charlie))
+    network.watch.assert_consistent()
+
+
+@pytest.mark.slow
+def test_two_validators_killed_and_restarted_finality_resumes(network: Network) -> None:
+    """2 of 4 down halts finality; once both are back it must resume (it froze for good)."""
+    network.wait_until(all_finalized(3), STARTUP_S, "finality on every node")
+    charlie, dave = network.nodes[2], network.nodes[3]
+    kill_after_a_block(charlie)
+    kill_9(dave)
+    time.sleep(3.0)  # six slots: alice and bob author and vote, nothing can finalize
+    halted = max(network.finalized(network.heads(), (0, 1)))
+    charlie.start()
+    dave.start()
+    finality_resumes(network, halted, 3, 90, "finality to resume with all four back")
+    finality_survives_pausing(network, 0)  # bob + the two restarted ones
+    network.watch.assert_consistent()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_all_validators_stopped_just_after_a_slot_boundary_finality_resumes(
+    network: Network, sig: signal.Signals
+) -> None:
+    """Ctrl-C on ``make testnet`` then ``make testnet`` again froze finality for good."""
+    network.wait_until(all_finalized(3), STARTUP_S, "finality on every node")
+    while not 10 <= (time.time_ns() // 1_000_000) % SLOT_MS <= 60:
+        time.sleep(0.005)  # just after a slot boundary: the new block and its votes in flight
+    for node in network.nodes:
+        node.signal(sig)
+    for node in network.nodes:
+        assert node.proc is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            node.proc.wait(timeout=20)  # a clean stop finishes its slot first
+        node.kill()
+    before = max(network.watch.seen, default=0)
+    for node in network.nodes:
+        node.start()
+    finality_resumes(network, before, 3, 120, "finality to resume after a full restart")
+    finality_survives_pausing(network, 1)
+    network.watch.assert_consistent()
+
+
+@pytest.mark.slow
+def test_validator_with_a_wiped_database_never_signs_a_conflicting_vote(
+    network: Network, tmp_path: Path
+) -> None:
+    """ "Delete it to resync": dave's database goes, his signing state stays. He resyncs, votes
+    again only past his last signed vote, and nobody sees a double or surround vote from him."""
+    network.wait_until(all_finalized(4), STARTUP_S, "finality on every node")
+    dave = network.nodes[3]
+    state_file = tmp_path / "dave" / "signing-state-dave.json"
+    kill_after_a_block(dave)
+    last = json.loads(state_file.read_text())
+    aside = tmp_path / "dave-wiped"
+    aside.mkdir()
+    for path in (tmp_path / "dave").glob("chain.sqlite*"):
+        path.rename(aside / path.name)
+    log_size = len(dave.log())
+    dave.start()
+    heads = network.wait_until(
+        lambda hs: hs[3] is not None and hs[3].finalized >= last["target"][0] + 2,
+        90,
+        "the wiped validator to resync past its last vote",
+    )
+    signed: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(signed) < 4:
+        now = json.loads(state_file.read_text())
+        pair = (now["source"][0], now["target"][0])
+        if pair != (last["source"][0], last["target"][0]) and (not signed or signed[-1] != pair):
+            signed.append(pair)
+        time.sleep(0.1)
+    assert "new to signing state" in dave.log()[log_size:], dave.tail(40)
+    assert len(signed) >= 2, f"dave did not vote again: {signed}\n{dave.tail(40)}"
+    for source, target in signed:
+        assert target > last["target"][0], (signed, last)
+        assert source >= last["source"][0], (signed, last)
+    for node in network.nodes:
+        assert "broke a voting rule" not in node.log(), f"{node.name}:\n{node.tail(40)}"
+    network.wait_until(all_finalized(max(h.finalized for h in heads if h) + 2), 40, "finality")
+    network.watch.assert_consistent()

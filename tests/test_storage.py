@@ -275,16 +275,76 @@ def test_corrupt_database_is_refused_and_left_alone(tmp_path: Path, corrupt) -> 
     assert dir_snapshot(base) == before
 
 
-def test_empty_file_is_initialised(tmp_path: Path) -> None:
-    """A zero-byte file is what a crash right after creating the file leaves: start afresh."""
+def _header_only_sqlite(db: Path) -> None:
+    """A valid SQLite file with no tables: what a wiped-and-recreated database looks like."""
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version=1")
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda db: db.write_bytes(b""), id="zero-length"),
+        pytest.param(_header_only_sqlite, id="no-tables"),
+    ],
+)
+def test_empty_database_is_corruption_not_a_new_chain(tmp_path: Path, make) -> None:  # type: ignore[no-untyped-def]
+    """``: > chain.sqlite`` must not silently start a new chain: a validator would then vote
+    again for heights its lost database had voted for. Only a missing file starts afresh."""
     base = tmp_path / "node"
     base.mkdir()
-    (base / DB_FILE).write_bytes(b"")
+    make(base / DB_FILE)
+    before = dir_snapshot(base)
+    with pytest.raises(CorruptDatabase) as info:
+        open_chain(base)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "aside" in message
+    assert "signing-state" in message
+    assert dir_snapshot(base) == before
+
+
+def test_new_database_appears_whole(tmp_path: Path) -> None:
+    """A new database is built under a temporary name and renamed in, so a crash while it is
+    created leaves either no file or a whole one (never the empty file refused above)."""
+    base = tmp_path / "node"
     c = open_chain(base)
     try:
         assert c.storage.best_hash() == c.genesis_hash
+        first_id = c.storage.database_id()
     finally:
         c.close()
+    assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []
+    again = open_chain(base)
+    try:
+        assert again.storage.database_id() == first_id  # a resync would get a new id
+    finally:
+        again.close()
+
+
+def test_check_db_finds_broken_invariants(tmp_path: Path) -> None:
+    base = tmp_path / "node"
+    c = open_chain(base)
+    try:
+        author(c, 4)
+    finally:
+        c.close()
+    assert storage_mod.check_database(base) == []
+    conn = sqlite3.connect(base / DB_FILE)
+    conn.execute("DELETE FROM canon WHERE number=2")
+    conn.execute(
+        "UPDATE meta SET value=(SELECT hash FROM canon WHERE number=4) WHERE key='finalized'"
+    )
+    conn.execute("UPDATE meta SET value=(SELECT hash FROM canon WHERE number=3) WHERE key='best'")
+    conn.commit()
+    conn.close()
+    problems = storage_mod.check_database(base)
+    assert any("jump from #1 to #3" in p for p in problems), problems
+    assert any("finalized #4 is above best #3" in p for p in problems), problems
+    assert all("\n" not in p for p in problems)
+    (base / DB_FILE).write_bytes(b"")
+    assert len(storage_mod.check_database(base)) == 1
 
 
 # --- pruning ---------------------------------------------------------------------------------
@@ -395,3 +455,39 @@ def test_disk_full_is_a_storage_error_and_leaves_the_head(tmp_path: Path, chain:
     assert result is not None
     assert len(result.block.transactions) == 1
     assert chain.storage.best_header().number == before.number + 1
+
+
+def test_check_db_command_exits_non_zero_on_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deltachain.node.cli import main
+
+    base = tmp_path / "node"
+    open_chain(base).close()
+    assert main(["node", "check-db", "--base-path", str(base)]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+    conn = sqlite3.connect(base / DB_FILE)
+    conn.execute("DELETE FROM nodes")
+    conn.commit()
+    conn.close()
+    assert main(["node", "check-db", "--base-path", str(base)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"{base / DB_FILE}: the state of canonical block #0 is missing"]
+
+
+def test_missing_database_with_a_leftover_wal_is_refused(tmp_path: Path) -> None:
+    """Deleting only chain.sqlite leaves its -wal: SQLite would replay it into a new file."""
+    base = tmp_path / "node"
+    c = open_chain(base)
+    try:
+        author(c, 2)
+        wal = base / f"{DB_FILE}-wal"
+        assert wal.stat().st_size > 0
+        saved = wal.read_bytes()
+    finally:
+        c.close()
+    (base / DB_FILE).unlink()
+    wal.write_bytes(saved)  # as a crash would have left it
+    with pytest.raises(CorruptDatabase, match="write-ahead log"):
+        open_chain(base)
+    assert not (base / DB_FILE).exists()

@@ -208,6 +208,9 @@ def test_up_status_down_round_trip(testnet_dir: Path) -> None:
     assert [n["name"] for n in nodes] == [f"validator-{i}" for i in range(4)]
     assert all(n["status"] == "up" and n["finalized"] >= 2 and n["peers"] == 3 for n in nodes)
     assert all(n["best"] >= n["finalized"] for n in nodes)
+    assert all(n["lastVote"] >= n["finalized"] for n in nodes)  # from each signing state
+    for i in range(4):
+        assert (testnet_dir / "keys" / f"validator-{i}.signing-state.json").is_file()
     height = min(n["finalized"] for n in nodes)
     hashes = {rpc(n["rpcUrl"], "chain_getBlockHash", height) for n in nodes}
     assert len(hashes) == 1, hashes
@@ -245,3 +248,71 @@ def test_up_that_times_out_stops_what_it_started(testnet_dir: Path) -> None:
     assert not (testnet_dir / "testnet.json").exists()
     assert processes_naming(str(testnet_dir)) == []
     assert (testnet_dir / "genesis.json").exists()  # the spec it made is kept for the next up
+
+
+# --- honest status after restarts ---------------------------------------------------------------
+
+
+def test_up_is_finalizing_only_once_finality_moves_past_where_it_stood(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted testnet whose nodes come back at finalized #40 is not "finalizing" until
+    they finalize past it (it said so while finality was frozen at #40 for good)."""
+    import io
+
+    from deltachain.node import testnet
+
+    frames = iter([[40, 40], [40, 41], [41, 41], [42, 41], [42, 42]])
+    seen: list[list[int]] = []
+
+    def poll(targets: Any) -> list[testnet.NodeStatus]:
+        heights = next(frames)
+        seen.append(heights)
+        return [
+            testnet.NodeStatus(name, url, True, h + 1, h, "0x", 1)
+            for (name, url), h in zip(targets, heights, strict=True)
+        ]
+
+    class Alive:
+        def poll(self) -> None:
+            return None
+
+    records = [
+        testnet.NodeRecord(n, 1, 1, 1, "b", "l", 0.0, None, "p", "//alice", None)  # type: ignore[arg-type]
+        for n in ("a", "b")
+    ]
+    monkeypatch.setattr(testnet, "poll_all", poll)
+    monkeypatch.setattr(testnet, "POLL_S", 0.0)
+    testnet.wait_finalizing([(r, Alive()) for r in records], 30, io.StringIO())  # type: ignore[misc]
+    assert seen[-1] == [42, 42]  # not at [40, 40]: that is where they stood
+
+
+def test_status_flags_a_validator_whose_votes_trail(tmp_path: Path) -> None:
+    from deltachain.node import testnet
+
+    statuses = [
+        testnet.NodeStatus("v0", "u", True, 80, 71, "0x", 3, last_vote=80),
+        testnet.NodeStatus("v1", "u", True, 80, 71, "0x", 3, last_vote=79),
+        testnet.NodeStatus("v2", "u", True, 80, 71, "0x", 3, last_vote=72),
+        testnet.NodeStatus("v3", "u", False, last_vote=10),  # down: the table says so already
+    ]
+    lines = testnet.vote_lag_warnings(statuses)
+    assert len(lines) == 1
+    assert lines[0].startswith("warning: v2 last voted for #72, the newest vote is for #80")
+    assert testnet.vote_lag_warnings(statuses[:2]) == []
+    record = testnet.NodeRecord(
+        "v0",
+        1,
+        1,
+        1,
+        str(tmp_path),
+        "l",
+        0.0,
+        None,
+        "p",
+        "//alice",
+        None,  # type: ignore[arg-type]
+    )
+    assert testnet.last_vote_target(record) is None
+    (tmp_path / "signing-state-alice.json").write_text(json.dumps({"target": [57, "00"]}))
+    assert testnet.last_vote_target(record) == 57

@@ -174,6 +174,8 @@ class FinalityOutcome:
     justified: list[Hash32] = field(default_factory=list)
     finalized: Justification | None = None
     evidence: list[tuple[Vote, Vote, str]] = field(default_factory=list)
+    counted: bool = False
+    """The vote was new to the tally (the node persists it, so a restart still knows it)."""
 
 
 class FinalityGadget:
@@ -239,11 +241,55 @@ class FinalityGadget:
         if vote.link in (v.link for v in earlier):
             return outcome
         earlier.append(vote)
+        outcome.counted = True
         if len(earlier) > 64:
             del earlier[: len(earlier) - 64]
         self._tally.setdefault(vote.link, {})[vote.voter] = vote.signature
         self._settle(tree, outcome)
         return outcome
+
+    def learn(self, justification: Justification, tree: BlockTree) -> FinalityOutcome:
+        """Take in a verified justification: its source is final, its target justified.
+
+        A node that was away (restarted, paused, partitioned) learns here what the others
+        justified while it was gone, so its next vote has their source (docs/consensus.md
+        §2.1). Votes already counted from that source may now justify more.
+        """
+        outcome = FinalityOutcome()
+        if justification.set_id != self.set_id:
+            return outcome
+        target = justification.link.target
+        if justification.source.number > self.finalized.number:
+            self._advance(justification.source)
+        if target.number > self.finalized.number and target.hash not in self.justified:
+            self.justified[target.hash] = target.number
+            outcome.justified.append(target.hash)
+        self._settle(tree, outcome)
+        return outcome
+
+    def pending_votes(self) -> list[Vote]:
+        """Votes a peer that was away needs to catch up: every vote of a supermajority link that
+        justified a block above finality, and each voter's newest vote above finality.
+
+        Re-gossiped periodically and served by sync: votes are otherwise sent once, so a node
+        that missed them would vote from an older source forever.
+        """
+        out: dict[tuple[Link, Address], Vote] = {}
+        above = self.finalized.number
+        for link, sigs in self._tally.items():
+            justifying = self.justified.get(link.target.hash) == link.target.number
+            if (
+                link.target.number > above
+                and justifying
+                and supermajority(len(sigs), len(self.authorities))
+            ):
+                for voter, signature in sigs.items():
+                    out[(link, voter)] = Vote(link, voter, signature)
+        for voter, votes in self._by_voter.items():
+            newest = max(votes, key=lambda v: v.link.target.number, default=None)
+            if newest is not None and newest.link.target.number > above:
+                out[(newest.link, voter)] = newest
+        return sorted(out.values(), key=lambda v: (v.link.target.number, bytes(v.voter)))
 
     def recheck(self, tree: BlockTree) -> FinalityOutcome:
         """Re-evaluate waiting links after a block import (their blocks may now be known)."""

@@ -40,6 +40,7 @@ from deltachain.errors import (
     UnknownCall,
     WrongChain,
 )
+from deltachain.node.signing_state import SignedRecord, SigningState
 from deltachain.node.storage import Storage
 from deltachain.node.txpool import PoolLimits, TxPool
 from deltachain.primitives.block import MAX_BLOCK_TXS, Block, Header
@@ -101,6 +102,8 @@ class Chain:
         *,
         archive: bool = False,
         pool_limits: PoolLimits | None = None,
+        signing_state: SigningState | None = None,
+        double_sign_check_slots: int = 0,
     ) -> None:
         self.spec = spec
         self.runtime = runtime
@@ -124,6 +127,45 @@ class Chain:
         )
         raw = self.storage.meta_value("vote_record")
         self.vote_record = VoteRecord(*codec.decode(raw)) if raw else VoteRecord()
+        self.signing_state = signing_state
+        self.hold_votes_until = time.monotonic() + double_sign_check_slots * spec.slot_ms / 1000
+        """``--double-sign-check``: listen this long for votes by our key before voting."""
+        self.double_sign_check = double_sign_check_slots > 0
+        self.foreign_vote: Vote | None = None
+        self._signed_here: set[bytes] = set()
+        try:
+            if signing_state is not None:
+                signing_state.for_chain(self.genesis_hash)
+                signing_state.check_database(
+                    self.storage.database_id(),
+                    self.storage.finalized_header().number,
+                    self.storage.path,
+                )
+            self._restore_finality()
+        except BaseException:
+            self.storage.close()
+            raise
+
+    def _restore_finality(self) -> None:
+        """Rebuild what the gadget knew before a restart: the block justified by the newest
+        stored justification, then every stored vote above finality (re-counted, so justified
+        checkpoints come back) and this validator's own last vote from its signing state."""
+        with contextlib.suppress(NotFound, DeltachainError):
+            latest = Justification.decode(self.storage.latest_justification())
+            self._settle_finality(self.gadget.learn(latest, self.storage), None)
+        votes = [Vote.decode(raw) for raw in self.storage.votes()]
+        if self.signing_state is not None and self.signing_state.record is not None:
+            votes.append(self.signing_state.record.vote)
+        for vote in votes:
+            with contextlib.suppress(DeltachainError):
+                self._settle_finality(self.gadget.add_vote(vote, self.storage), None)
+        if votes:
+            log.info(
+                "finality restored: finalized #%d, %d justified above it, %d votes re-counted",
+                self.gadget.finalized.number,
+                sum(1 for n in self.gadget.justified.values() if n > self.gadget.finalized.number),
+                len(votes),
+            )
 
     def close(self) -> None:
         self.storage.close()
@@ -316,8 +358,35 @@ class Chain:
     def add_vote(self, vote: Vote) -> FinalityOutcome:
         """Count a gossiped vote. Raises InvalidVote for votes that do not verify."""
         outcome = self.gadget.add_vote(vote, self.storage)
+        self._note_own_key(vote)
+        if outcome.counted and vote.link.target.number > self.gadget.finalized.number:
+            self.storage.put_vote(vote.encode(), vote.link.target.number)
         self._settle_finality(outcome, None)
         return outcome
+
+    def _note_own_key(self, vote: Vote) -> None:
+        """With --double-sign-check: a verified vote by our key, above anything this node ever
+        signed and not signed by this process, means another node runs with the same key."""
+        signer = self.signing_state
+        if not self.double_sign_check or signer is None or self.foreign_vote is not None:
+            return
+        if vote.voter != signer.voter or bytes(vote.signature) in self._signed_here:
+            return
+        record = signer.record
+        if record is None or (vote.link.set_id, vote.link.target.number) > (
+            record.vote.link.set_id,
+            record.vote.link.target.number,
+        ):
+            self.foreign_vote = vote
+            log.error(
+                "another node is voting with this key (a vote for #%d this node never signed); "
+                "this node will not vote: stop one of the two and restart this one",
+                vote.link.target.number,
+            )
+
+    def pending_votes(self) -> list[Vote]:
+        """Votes above finality worth re-sending to peers that were away (``FinalityGadget``)."""
+        return self.gadget.pending_votes()
 
     def add_justification(self, justification: Justification) -> bool:
         """Accept a peer's proof of finality for a block we have; True if it advanced ours."""
@@ -364,7 +433,8 @@ class Chain:
             )
             self.gadget.reset(set_id, authorities, self.storage.finalized_header())
         else:
-            self.gadget.finalized = self.storage.finalized_header()
+            # its target is justified too: a node that missed the votes votes from there next
+            self._settle_finality(self.gadget.learn(justification, self.storage), None)
 
     def vote(self, keypair: Keypair) -> Vote | None:
         """Sign this node's vote for the current head, if the rules allow one.
@@ -374,14 +444,33 @@ class Chain:
         """
         if keypair.address not in self.gadget.authorities:
             return None
+        if self.double_sign_check and (
+            self.foreign_vote is not None or time.monotonic() < self.hold_votes_until
+        ):
+            return None  # still listening for our own key's votes, or another node has it
         link = self.gadget.proposal(self.storage.best_header(), self.storage, self.vote_record)
         if link is None:
             return None
+        signer = self.signing_state
+        if signer is not None and signer.voter != keypair.address:
+            signer = None  # tests author for every key on one chain; a node has one key
+        if signer is not None and signer.check(link) is not None:
+            return None  # the database forgot a vote the signing state remembers (logged)
+        vote = sign_vote(keypair, link, self.genesis_hash)
+        self._signed_here.add(bytes(vote.signature))
+        if signer is not None:
+            signer.save(
+                SignedRecord(
+                    vote,
+                    self.storage.finalized_header().number,
+                    self.storage.database_id(),
+                    self.genesis_hash,
+                )
+            )
         self.vote_record = VoteRecord(link.set_id, link.source.number, link.target.number)
         self.storage.put_meta_value(
             "vote_record", codec.encode([link.set_id, link.source.number, link.target.number])
         )
-        vote = sign_vote(keypair, link, self.genesis_hash)
         self.add_vote(vote)
         return vote
 

@@ -203,8 +203,33 @@ def cmd_node(args: argparse.Namespace) -> int:
         ),
         prometheus_host="0.0.0.0" if args.prometheus_external else "127.0.0.1",  # noqa: S104
         prometheus_port=None if args.no_prometheus else args.prometheus_port,
+        signing_state=signing_state_path(args, base_path) if key is not None else None,
+        double_sign_check_slots=args.double_sign_check,
     )
     asyncio.run(run_node(config))
+    return 0
+
+
+def signing_state_path(args: argparse.Namespace, base_path: Path) -> Path:
+    """--signing-state, else beside the key file (or in the base path for a //dev key)."""
+    from deltachain.node.signing_state import default_path
+
+    if args.signing_state:
+        return Path(args.signing_state)
+    return default_path(args.key or "//alice", base_path)
+
+
+def cmd_check_db(args: argparse.Namespace) -> int:
+    """SQLite's integrity check and the chain's invariants; one line per problem."""
+    from deltachain.node.storage import DB_FILE, check_database
+
+    base_path = Path(args.base_path)
+    problems = check_database(base_path)
+    for line in problems:
+        print(line)
+    if problems:
+        return 1
+    print(f"{base_path / DB_FILE}: ok")
     return 0
 
 
@@ -838,7 +863,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk only to the bootnodes (the permissioned validator set)",
     )
     node.add_argument("--node-key", help="p2p identity key file (default BASE/node-key.json)")
+    node.add_argument(
+        "--signing-state",
+        help="the validator's last-vote file, kept apart from the database so a wiped database "
+        "never makes it double-vote (default: beside the key file; BASE for a //dev key)",
+    )
+    node.add_argument(
+        "--double-sign-check",
+        type=int,
+        default=0,
+        metavar="SLOTS",
+        help="before the first vote, listen SLOTS slots for votes by this key; never vote if "
+        "another node turns out to be voting with it (default 0: off)",
+    )
     node.set_defaults(func=cmd_node)
+    node_sub = node.add_subparsers(dest="node_cmd", metavar="{check-db}")
+    check = node_sub.add_parser(
+        "check-db", help="check a database (SQLite integrity and chain invariants)"
+    )
+    check.add_argument("--base-path", required=True, help="the node's database directory")
+    check.set_defaults(func=cmd_check_db)
 
     key = sub.add_parser("key", help="generate and inspect keys").add_subparsers(
         dest="key_cmd", required=True

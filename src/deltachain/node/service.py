@@ -39,6 +39,7 @@ from deltachain.node.chain import Chain, ImportResult
 from deltachain.node.metrics import MetricsServer, NodeMetrics
 from deltachain.node.network import Network, NetworkConfig
 from deltachain.node.rpc import ChainRunner, EventHub, RpcLimits, RpcServer
+from deltachain.node.signing_state import SigningState
 from deltachain.node.sync import (
     GOSSIP_BLOCK_LIMIT,
     MAX_BLOCKS_PER_RESPONSE,
@@ -48,6 +49,7 @@ from deltachain.node.sync import (
     request_blocks,
     request_justification,
     request_status,
+    request_votes,
     serve,
     sync_protocol,
     topics,
@@ -65,6 +67,8 @@ SYNC_INTERVAL_S = 1.0
 STARTUP_SYNC_WAIT_S = 3.0
 """A validator with no reachable peer authors alone after this long (a fresh network)."""
 FORK_OVERLAP = 8
+REGOSSIP_SLOTS = 4
+"""Finality stalled this many slots (or a new peer): re-send the votes above finality."""
 SHUTDOWN_GRACE_S = 3.0
 """How long a stopping node waits for the block it is authoring to be stored and logged."""
 TX_GOSSIP_INTERVAL_S = 0.05
@@ -131,6 +135,10 @@ class NodeConfig:
     prometheus_host: str = "127.0.0.1"
     prometheus_port: int | None = None
     """None: no metrics endpoint."""
+    signing_state: Path | None = None
+    """The validator's double-sign protection file (``node/signing_state.py``); None: none."""
+    double_sign_check_slots: int = 0
+    """Listen this many slots for votes by our own key before the first vote (0: don't)."""
 
 
 def now_ms() -> int:
@@ -163,12 +171,19 @@ async def run_node(config: NodeConfig, stop: asyncio.Event | None = None) -> Non
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        signer = (
+            SigningState(config.signing_state, config.key.address)
+            if config.key is not None and config.signing_state is not None
+            else None
+        )
         chain = Chain(
             config.spec,
             construct_runtime(),
             config.base_path,
             archive=config.archive,
             pool_limits=config.pool_limits,
+            signing_state=signer,
+            double_sign_check_slots=config.double_sign_check_slots,
         )
         try:
             await _serve(chain, config, stop)
@@ -349,6 +364,8 @@ class NodeService:
         self._tx_inbound: asyncio.Queue[bytes] = asyncio.Queue(TX_INBOUND_BATCHES)
         self.synced = asyncio.Event()
         self.sync_wanted = asyncio.Event()
+        self._regossip_at = 0.0
+        self._known_peers: frozenset[str] = frozenset()
 
     def peer_count(self) -> int:
         return 0 if self.network is None else len(self.network.peers())
@@ -717,7 +734,43 @@ class NodeService:
                             await self._notify_rpc()
             except (NetworkError, DeltachainError) as exc:
                 log.debug("sync with %s failed: %s", peer[-8:], exc)
+        await self._catch_up_votes(network)
         return behind
+
+    # --- votes above finality ---------------------------------------------------------------
+
+    async def _catch_up_votes(self, network: Network) -> None:
+        """When finality stalls or a peer (re)connects: send our votes above finality again
+        and ask the peers for theirs.
+
+        Votes are otherwise gossiped once; a validator that restarted, was paused or was cut
+        off would never learn what the others justified meanwhile and would vote from an older
+        source forever (docs/consensus.md §2.1).
+        """
+        peers = frozenset(network.peers())
+        new_peer = bool(peers - self._known_peers)
+        self._known_peers = peers
+        slot_s = self.config.spec.slot_ms / 1000
+        now = time.monotonic()
+        stalled = now - self.chain.last_finalized_at > REGOSSIP_SLOTS * slot_s
+        if not peers or not (new_peer or (stalled and now - self._regossip_at > 2 * slot_s)):
+            return
+        self._regossip_at = now
+        for vote in await self.on_chain(self.chain.pending_votes):
+            self._publish("votes", vote.encode())
+        protocol = sync_protocol(self.chain.genesis_hash)
+        for peer in peers:
+            try:
+                reply = await network.request(peer, protocol, request_votes(), timeout=5.0)
+                for item in decode_list(reply, "votes response"):
+                    with contextlib.suppress(DeltachainError):
+                        outcome = await self.on_chain(self.chain.add_vote, Vote.decode(item))
+                        if outcome.finalized is not None:
+                            self._log_finality(outcome.finalized.source.number)
+                        await self._vote_if_head_moved(outcome.justified)
+            except (NetworkError, DeltachainError) as exc:
+                log.debug("votes from %s failed: %s", peer[-8:], exc)
+        await self._notify_rpc()
 
     async def _fetch_range(self, network: Network, peer: str, start: int, peer_best: int) -> bool:
         """Import the peer's canonical blocks from ``start``; True if more remain."""

@@ -7,8 +7,10 @@ instant leaves the last fully imported block as the head and nothing half-writte
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import secrets
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -48,7 +50,14 @@ CREATE TABLE nodes (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE vals (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE keys (hash BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE justifications (hash BLOB PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE votes (data BLOB PRIMARY KEY, target INTEGER NOT NULL);
 """
+_VOTES_TABLE = "CREATE TABLE IF NOT EXISTS votes (data BLOB PRIMARY KEY, target INTEGER NOT NULL)"
+"""Finality votes above the finalized block (added after schema 1; created on open if missing)."""
+RESYNC_ADVICE = (
+    "to resync safely, stop the node, move {path} (and its -wal and -shm files) aside and "
+    "start again; a validator keeps its signing-state file"
+)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -114,7 +123,14 @@ class Storage:
         """
         base_path = Path(base_path)
         path = base_path / DB_FILE
-        exists = path.exists() and path.stat().st_size > 0
+        exists = path.exists()
+        if exists and path.is_file() and path.stat().st_size == 0:
+            # Never "absent": a new chain from genesis here would let a validator sign votes
+            # its lost database had already signed against. Only a missing file starts afresh.
+            raise CorruptDatabase(
+                f"{path} is empty (0 bytes): the chain database was truncated or wiped; "
+                + RESYNC_ADVICE.format(path=path)
+            )
         if not exists and not create:
             raise StorageError(
                 f"no chain database at {path}; start a node with --base-path {base_path}"
@@ -126,16 +142,22 @@ class Storage:
                 f"cannot create the database directory {base_path} "
                 f"({exc.strerror or exc}); choose another --base-path"
             ) from None
+        if not exists:
+            wal = path.with_name(path.name + "-wal")
+            if wal.exists() and wal.stat().st_size > 0:
+                # SQLite would replay the old database's log into the new one
+                raise CorruptDatabase(
+                    f"{path} is missing but its write-ahead log {wal} is still there; "
+                    + RESYNC_ADVICE.format(path=path)
+                )
+            cls._create(path, genesis_block, genesis_diff, chain_id)
         store = cls(_connect(path), path, archive)
         try:
             if not store._tables():
-                if not create:
-                    raise StorageError(f"{path} is empty")
-                store._lock()
-                if not store._tables():  # no other node initialised it since our first look
-                    store._configure()
-                    store._initialise(genesis_block, genesis_diff, chain_id)
-                    return store
+                raise CorruptDatabase(
+                    f"{path} has no tables: not a deltachain database (a wiped file?); "
+                    + RESYNC_ADVICE.format(path=path)
+                )
             store._check(genesis_block.hash, chain_id)
             store._lock()
             store._configure()
@@ -143,6 +165,33 @@ class Storage:
             store.close()
             raise
         return store
+
+    @classmethod
+    def _create(cls, path: Path, genesis: Block, diff: StateDiff, chain_id: str) -> None:
+        """Build a new database beside ``path`` and rename it into place, so ``path`` is either
+        absent or a whole database: a crash mid-creation never leaves an empty file there."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+        tmp.unlink(missing_ok=True)
+        store = cls(_connect(tmp), tmp, archive=False)
+        try:
+            store._conn.execute("PRAGMA synchronous=FULL")
+            store._initialise(genesis, diff, chain_id)
+        finally:
+            store.close()
+        try:
+            with contextlib.suppress(FileExistsError):  # another node created it meanwhile
+                os.link(tmp, path)
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create {path} ({exc.strerror or exc}); choose another --base-path"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def open_existing(cls, base_path: Path) -> Storage:
@@ -185,6 +234,10 @@ class Storage:
             )
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=OFF")
+        with self._write():
+            self._conn.execute(_VOTES_TABLE)
+            if self.meta_value("database_id") is None:
+                self._put_meta("database_id", secrets.token_bytes(16))
 
     def _lock(self) -> None:
         """Hold an exclusive lock on the directory for this process's lifetime (one writer).
@@ -225,6 +278,7 @@ class Storage:
             self._insert_block(genesis, diff, codec.encode([]))
             self._set_canonical(genesis)
             self._put_meta("finalized", genesis.hash)
+            self._put_meta("database_id", secrets.token_bytes(16))
 
     def _check(self, genesis_hash: Hash32 | None, chain_id: str | None) -> None:
         """Recognise the file as a deltachain database (of this chain, when given); read-only."""
@@ -234,7 +288,10 @@ class Storage:
                 "move it away or choose another --base-path"
             )
         damaged = f"{self.path} is damaged"
-        advice = "move it away (or delete it to resync) or choose another --base-path"
+        advice = (
+            "move it aside (with its -wal/-shm files) to resync, keeping a validator's "
+            "signing-state file, or choose another --base-path"
+        )
         try:
             version = codec.decode(self._meta("schema_version"))
             stored_genesis = self._meta("genesis_hash")
@@ -429,6 +486,24 @@ class Storage:
                 "INSERT OR REPLACE INTO justifications(hash, data) VALUES (?, ?)",
                 (block_hash, justification),
             )
+            self._conn.execute("DELETE FROM votes WHERE target <= ?", (header.number,))
+
+    def put_vote(self, vote: bytes, target: int) -> None:
+        """Keep a counted finality vote above finality, so a restart still knows what it
+        justified (deleted once its target is finalized)."""
+        with self._write():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO votes(data, target) VALUES (?, ?)", (vote, target)
+            )
+
+    def votes(self) -> list[bytes]:
+        """Stored finality votes, lowest target first (the order they can be re-counted in)."""
+        rows = self._conn.execute("SELECT data FROM votes ORDER BY target").fetchall()
+        return [bytes(r[0]) for r in rows]
+
+    def database_id(self) -> bytes:
+        """Random id written when this database was created: a resync gets a new one."""
+        return self._meta("database_id")
 
     def justification(self, block_hash: Hash32) -> bytes:
         row = self._conn.execute(
@@ -647,3 +722,85 @@ class Storage:
                 ).rowcount
             c.execute("DELETE FROM live")
         return int(deleted)
+
+
+def check_database(base_path: Path) -> list[str]:
+    """Every problem found in a node's database, one line each (``deltachain node check-db``).
+
+    SQLite's own ``PRAGMA integrity_check``, then the chain's invariants: the head and the
+    finalized block are canonical and finalized ≤ best; every canonical block is stored under
+    its height with its parent one below; every canonical block above the pruning horizon has
+    its state. Read-only: takes no lock and writes nothing.
+    """
+    path = Path(base_path) / DB_FILE
+    if not path.exists():
+        return [f"{path}: no chain database (a node starting here begins a new chain)"]
+    if path.stat().st_size == 0:
+        return [f"{path}: empty file (0 bytes), not a database; a node refuses to start on it"]
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        return [f"{path}: cannot be opened ({exc})"]
+    store = Storage(conn, path, archive=True)
+    try:
+        return _problems(store)
+    except sqlite3.DatabaseError as exc:
+        return [f"{path}: unreadable ({exc})"]
+    finally:
+        store.close()
+
+
+def _problems(store: Storage) -> list[str]:
+    c = store._conn
+    name = str(store.path)
+    problems = [
+        f"{name}: integrity_check: {row[0]}"
+        for row in c.execute("PRAGMA integrity_check").fetchall()
+        if row[0] != "ok"
+    ]
+    tables = store._tables()
+    missing = {"meta", "blocks", "canon", "nodes", "justifications"} - tables
+    if missing:
+        return [*problems, f"{name}: not a deltachain database (no {', '.join(sorted(missing))})"]
+    try:
+        best, finalized = store.best_header(), store.finalized_header()
+    except (NotFound, DecodeError) as exc:
+        return [*problems, f"{name}: head or finalized block missing ({exc})"]
+    if finalized.number > best.number:
+        problems.append(f"{name}: finalized #{finalized.number} is above best #{best.number}")
+    for what, header in (("best", best), ("finalized", finalized)):
+        row = c.execute("SELECT hash FROM canon WHERE number=?", (header.number,)).fetchone()
+        if row is None or bytes(row[0]) != header.hash:
+            problems.append(f"{name}: the {what} block #{header.number} is not canonical")
+    horizon = max(0, finalized.number - PRUNE_DEPTH)
+    kept = set(store.kept_states()) if "meta" in tables else set()
+    parent: Hash32 | None = None
+    expected = 0
+    for number, block_hash in store.canonical_hashes(0):
+        if number != expected:
+            problems.append(f"{name}: canonical heights jump from #{expected - 1} to #{number}")
+            parent = None
+        expected = number + 1
+        stored = store.header_or_none(block_hash)
+        if stored is None:
+            problems.append(f"{name}: canonical block #{number} is not stored")
+            parent = None
+            continue
+        header = stored
+        if header.number != number:
+            problems.append(f"{name}: canonical #{number} holds block #{header.number}")
+        if parent is not None and header.parent_hash != parent:
+            problems.append(f"{name}: canonical #{number} does not link to #{number - 1}")
+        parent = block_hash
+        wants_state = number >= horizon or block_hash in kept
+        if (
+            wants_state
+            and header.state_root != bytes(32)
+            and store.get_node(header.state_root) is None
+        ):
+            problems.append(f"{name}: the state of canonical block #{number} is missing")
+    if expected != best.number + 1:
+        problems.append(
+            f"{name}: the canonical chain ends at #{expected - 1}, best is #{best.number}"
+        )
+    return problems

@@ -13,6 +13,9 @@ Request/response ``…/sync/1`` (one CBOR request, one CBOR response):
   ``["block", hash]``            → ``[block]`` or ``[]``
   ``["justification", number]``  → ``[justification]`` for the newest finalized block ≤ number,
                                    or ``[]``
+  ``["votes"]``                  → encoded votes above finality that a node back from a restart
+                                   needs: those that justified a block, each voter's newest
+                                   (at most MAX_VOTES_PER_RESPONSE)
 Every handler answers from the node's own storage and never trusts the request beyond its caps.
 """
 
@@ -30,6 +33,7 @@ from deltachain.primitives.types import BlockNumber, Hash32, as_hash32, as_uint6
 MAX_REQUEST_BYTES = 1024
 MAX_BLOCKS_PER_RESPONSE = 256
 MAX_RESPONSE_BYTES = 16 << 20
+MAX_VOTES_PER_RESPONSE = 1024
 GOSSIP_BLOCK_LIMIT = 900_000
 """Blocks bigger than this are announced by header and fetched with ``["block", hash]``."""
 
@@ -79,6 +83,10 @@ def request_justification(number: int) -> bytes:
     return codec.encode(["justification", number])
 
 
+def request_votes() -> bytes:
+    return codec.encode(["votes"])
+
+
 def decode_list(data: bytes, what: str) -> list[bytes]:
     obj = codec.decode(data, max_size=MAX_RESPONSE_BYTES + 1024, what=what)
     if not isinstance(obj, list) or not all(isinstance(item, bytes) for item in obj):
@@ -120,4 +128,7 @@ def serve(chain: Chain, request: bytes) -> bytes:
             return codec.encode([storage.latest_justification(as_uint64(obj[1], "number"))])
         except NotFound:
             return codec.encode([])
+    if kind == "votes" and len(obj) == 1:
+        votes = chain.pending_votes()[-MAX_VOTES_PER_RESPONSE:]
+        return codec.encode([vote.encode() for vote in votes])
     raise DecodeError(f"unknown sync request {kind!r}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -50,7 +51,11 @@ SPEC_FILE = "genesis.json"
 DEFAULT_DIR = ".testnet"
 DEFAULT_NAME = "Deltachain Local Testnet"
 FINALIZED_TARGET = 2
-"""``up`` returns once every node reports a finalized block at least this high."""
+"""``up`` returns once every node reports a finalized block at least this high, and at least
+this many blocks above the highest finalized block any node reported when it came up (so a
+restarted testnet is "finalizing" only once finality moves again, not because it had)."""
+VOTE_LAG_FLAG = 3
+"""``status`` flags a validator whose last signed vote is this many blocks behind the newest."""
 POLL_S = 0.5
 RPC_TIMEOUT_S = 1.0
 STOP_GRACE_S = 10.0
@@ -289,6 +294,8 @@ class NodeStatus:
     finalized: int | None = None
     finalized_hash: str | None = None
     peers: int | None = None
+    last_vote: int | None = None
+    """Target height of the validator's last signed vote (from its signing-state file)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -299,6 +306,7 @@ class NodeStatus:
             "finalized": self.finalized,
             "finalizedHash": self.finalized_hash,
             "peers": self.peers,
+            "lastVote": self.last_vote,
         }
 
 
@@ -392,11 +400,43 @@ def cmd_status(args: argparse.Namespace) -> int:
         s if is_ours(n) else NodeStatus(s.name, s.rpc_url, False)
         for s, n in zip(statuses, nodes, strict=True)
     ]
+    statuses = [
+        dataclasses.replace(s, last_vote=last_vote_target(n))
+        for s, n in zip(statuses, nodes, strict=True)
+    ]
     if args.json:
         print(json.dumps([s.to_json() for s in statuses], indent=2))
     else:
         print("\n".join(status_table(statuses)))
+        for line in vote_lag_warnings(statuses):
+            print(line)
     return 0
+
+
+def last_vote_target(node: NodeRecord) -> int | None:
+    """The target height in the node's signing-state file (None if it never voted)."""
+    from deltachain.node.signing_state import default_path
+
+    try:
+        state = json.loads(default_path(node.key, Path(node.base_path)).read_text())
+        return int(state["target"][0])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def vote_lag_warnings(statuses: Sequence[NodeStatus]) -> list[str]:
+    """One line per running validator whose last vote trails the newest by VOTE_LAG_FLAG or
+    more: its votes may not be counting (finality then has one fault less to spare)."""
+    votes = [s.last_vote for s in statuses if s.up and s.last_vote is not None]
+    if not votes:
+        return []
+    newest = max(votes)
+    return [
+        f"warning: {s.name} last voted for #{s.last_vote}, the newest vote is for #{newest}: "
+        "its votes are not counting; see its log (docs/consensus.md §2.1)"
+        for s in statuses
+        if s.up and s.last_vote is not None and newest - s.last_vote >= VOTE_LAG_FLAG
+    ]
 
 
 # --- up ------------------------------------------------------------------------------------
@@ -415,6 +455,8 @@ def find_validator_keys(spec: ChainSpec, directory: Path) -> list[Validator]:
     for dev in DEV_NAMES:
         known.setdefault(Keypair.dev(dev).address, Validator(dev, f"//{dev}"))
     for path in sorted((directory / "keys").glob("*.json")):
+        if path.name.endswith(".signing-state.json"):
+            continue  # a validator's last vote (node/signing_state.py), kept beside its key
         try:
             keypair = read_key_file(path, None)
         except (KeystoreError, OSError):
@@ -701,13 +743,22 @@ class NetworkFailed(DeltachainError):
 def wait_finalizing(
     started: Sequence[tuple[NodeRecord, subprocess.Popen[bytes]]], timeout: float, out: TextIO
 ) -> None:
-    """Show live status until every node finalized ≥ FINALIZED_TARGET; raise NetworkFailed."""
+    """Show live status until every node finalized past where it stood at start (at least
+    FINALIZED_TARGET, and FINALIZED_TARGET above the highest finalized block seen on any node's
+    first answer); raise NetworkFailed."""
     display = StatusDisplay(out)
     deadline = time.monotonic() + timeout
     targets = [(r.name, r.rpc_url) for r, _ in started]
+    first_seen: dict[str, int] = {}
     while True:
         statuses = poll_all(targets)
-        ready = all(s.up and (s.finalized or 0) >= FINALIZED_TARGET for s in statuses)
+        for s in statuses:
+            if s.up and s.finalized is not None:
+                first_seen.setdefault(s.name, s.finalized)
+        target = FINALIZED_TARGET + max(first_seen.values(), default=0)
+        ready = len(first_seen) == len(targets) and all(
+            s.up and (s.finalized or 0) >= target for s in statuses
+        )
         dead = [(r, p.poll()) for r, p in started if p.poll() is not None]
         display.show(statuses, force=ready)
         if ready:
@@ -716,7 +767,7 @@ def wait_finalizing(
             why = (
                 ", ".join(f"{r.name} exited with status {code}" for r, code in dead)
                 if dead
-                else f"not every node finalized block #{FINALIZED_TARGET} within {timeout:.0f} s"
+                else f"not every node finalized block #{target} within {timeout:.0f} s"
             )
             for record, _ in started:
                 print(f"--- {record.log} (last lines) ---", file=sys.stderr)
