@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from deltachain.light.p2p import P2pTransport
 
     from .rpc import Caller
-    from .verify import Verifier
+    from .verify import TrustRoot, Verifier
 
 DEFAULT_RPC = "http://127.0.0.1:9944"
+DEFAULT_CHAIN = "genesis.json"
+"""The repository's testnet spec: the chain a fleet trusts unless told another."""
 
 
 def register(sub: Any) -> None:
@@ -45,6 +47,14 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--local", action="store_true", help="use an in-process chain instead of --rpc"
     )
+    run.add_argument(
+        "--chain",
+        default=DEFAULT_CHAIN,
+        help="chain spec the devices trust (their genesis and first authority set); `dev` is "
+        "the built-in spec of `deltachain node --dev`; a node of another chain is refused "
+        "(default %(default)s)",
+    )
+    run.add_argument("--genesis", help="genesis hash (0x…) the devices trust, instead of --chain's")
     run.add_argument("--task", choices=("sine", "digits"), default="sine")
     run.add_argument("--model", help="model id (default: sine-mlp or digits-mlp)")
     run.add_argument("--devices", type=int, default=20, help="training devices")
@@ -65,7 +75,8 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--trust-node",
         action="store_true",
-        help="trust the node's finalized head instead of following justifications (light client)",
+        help="INSECURE: believe whatever finalized head the node claims instead of following "
+        "justifications (a lying node can feed the devices any model)",
     )
     run.add_argument("--eta", default="4/1", help="--local: the model's step size num/den")
     run.add_argument("--trim-beta", default="1/5", help="--local: the model's trimBeta")
@@ -86,13 +97,40 @@ def _admin_key(spec: str) -> Any:
     return read_key_file(path, password)
 
 
-def _verifier(args: argparse.Namespace, peer: P2pTransport | None) -> Callable[[Caller], Verifier]:
+def trust_root(chain: str, genesis: str | None) -> TrustRoot:
+    """The devices' trust root: ``--genesis`` if given, else the chain spec ``chain``."""
+    from deltachain.crypto.hashing import Hash32
+    from deltachain.primitives.chainspec import dev_chain_spec, load_chain_spec
+
+    from .verify import TrustRoot
+
+    if genesis is not None:
+        try:
+            raw = bytes.fromhex(genesis[2:]) if genesis.startswith("0x") else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise DeltachainError(f"--genesis {genesis!r} is not a hash (0x and 64 hex digits)")
+        return TrustRoot(Hash32(raw), f"--genesis {genesis[:18]}…")
+    if chain == "dev":
+        return TrustRoot.from_spec(dev_chain_spec(), "the dev chain spec (--chain dev)")
+    if not Path(chain).exists():
+        raise DeltachainError(
+            f"no chain spec {chain!r}: pass --chain SPEC (the genesis.json your network runs; "
+            "`--chain dev` for `node --dev`) or --genesis 0x<hash>"
+        )
+    return TrustRoot.from_spec(load_chain_spec(Path(chain)), chain)
+
+
+def _verifier(
+    args: argparse.Namespace, root: TrustRoot, peer: P2pTransport | None
+) -> Callable[[Caller], Verifier]:
     """How each device trusts what it downloads (see ``client/verify.py``)."""
     from .verify import LightVerifier, TrustNodeVerifier
 
-    if peer is not None:
-        return lambda node: LightVerifier(node, transport=peer)
-    return TrustNodeVerifier if args.trust_node else LightVerifier
+    if args.trust_node:
+        return TrustNodeVerifier
+    return lambda node: LightVerifier(node, root, transport=peer)
 
 
 def cmd_client_run(args: argparse.Namespace) -> int:
@@ -134,18 +172,20 @@ def cmd_client_run(args: argparse.Namespace) -> int:
                 progress=sys.stderr,
             )
         else:
+            root = trust_root(args.chain, args.genesis)
             node = JsonRpc(args.rpc)
+            root.check_node(node, args.rpc)  # ForeignChain: one line, before any device starts
             downloads: Caller | None = None
             if args.peer:
                 from .peer import PeerCaller, connect_peer
 
-                peer = connect_peer(args.peer, node)
+                peer = connect_peer(args.peer, root.genesis_hash)
                 downloads = PeerCaller(peer)
             fleet = Fleet(
                 node,
                 config,
                 admin=_admin_key(args.admin_key),
-                verifier=_verifier(args, peer),
+                verifier=_verifier(args, root, peer),
                 downloads=downloads,
             )
         result = fleet.run()
@@ -155,8 +195,10 @@ def cmd_client_run(args: argparse.Namespace) -> int:
     verified = sum(d.verified_downloads for d in fleet.devices + fleet.heldout)
     first, last = result.initial, result.final
     anchor = (
-        "the node-claimed head"
-        if args.trust_node or args.local
+        "the node-claimed head (--trust-node: NOT checked against finality)"
+        if args.trust_node
+        else "the in-process chain's head"
+        if args.local
         else "a finalized state root the light client proved by justifications"
         + (f" over p2p from {args.peer}" if args.peer else "")
     )
