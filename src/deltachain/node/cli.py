@@ -29,13 +29,20 @@ from deltachain.errors import DeltachainError, KeystoreError
 from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
 from deltachain.node.metrics import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
 from deltachain.node.rpc import (
+    BODY_TIMEOUT,
+    DEFAULT_CORS,
+    IDLE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_RESPONSE,
+    MAX_SOCKETS,
+    MAX_SOCKETS_PER_IP,
     MAX_SUBSCRIPTIONS,
     RPC_METHODS_POLICIES,
     RpcError,
     RpcLimits,
     block_json,
     header_json,
+    parse_cors,
     to_json,
     unhex,
 )
@@ -190,6 +197,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         rpc_limits=RpcLimits(
             max_connections=args.rpc_max_connections,
             max_subscriptions=args.rpc_max_subscriptions_per_connection,
+            max_response=args.rpc_max_response_size << 20,
+            max_sockets=args.rpc_max_sockets,
+            max_sockets_per_ip=args.rpc_max_sockets_per_ip,
+            body_timeout=args.rpc_body_timeout,
+            idle_timeout=args.rpc_idle_timeout,
+            rate_limit=args.rpc_rate_limit,
+            rate_limit_per_ip=args.rpc_rate_limit_per_ip,
+            cors=args.rpc_cors,
         ),
         prometheus_host="0.0.0.0" if args.prometheus_external else "127.0.0.1",  # noqa: S104
         prometheus_port=None if args.no_prometheus else args.prometheus_port,
@@ -721,9 +736,30 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 def _positive_int(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if not 1 <= value <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"must be in 1..{1 << 30}, not {value}")
     return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be 0.1..3600 seconds, not {text}")
+    return value
+
+
+def _megabytes(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be 1..1024 (MiB), not {value}")
+    return value
+
+
+def _cors(text: str) -> tuple[str, ...] | None:
+    try:
+        return parse_cors(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -759,6 +795,63 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=MAX_SUBSCRIPTIONS,
         metavar="N",
+    )
+    node.add_argument(
+        "--rpc-cors",
+        type=_cors,
+        default=DEFAULT_CORS,
+        metavar="ORIGINS",
+        help="browser origins allowed to call RPC, comma-separated scheme://host[:port|:*], or "
+        "`all` (default: localhost and 127.0.0.1 pages only); unsafe methods always need a "
+        "local page or no Origin",
+    )
+    node.add_argument(
+        "--rpc-rate-limit",
+        type=_positive_int,
+        metavar="CALLS",
+        help="calls a minute per connection (default: no limit)",
+    )
+    node.add_argument(
+        "--rpc-rate-limit-per-ip",
+        type=_positive_int,
+        metavar="CALLS",
+        help="calls a minute per client IP over all its connections (default: no limit)",
+    )
+    node.add_argument(
+        "--rpc-max-response-size",
+        type=_megabytes,
+        default=MAX_RESPONSE >> 20,
+        metavar="MIB",
+        help="reply budget per request and per batch (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-max-sockets",
+        type=_positive_int,
+        default=MAX_SOCKETS,
+        metavar="N",
+        help="open RPC sockets, idle included; at most half the fd limit (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-max-sockets-per-ip",
+        type=_positive_int,
+        default=MAX_SOCKETS_PER_IP,
+        metavar="N",
+        help="open RPC sockets per client IP (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-body-timeout",
+        type=_seconds,
+        default=BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="a request body must arrive within this (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-idle-timeout",
+        type=_seconds,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close connections without a complete request (headers included) after this "
+        "(default %(default)s)",
     )
     node.add_argument(
         "--prometheus-port",
