@@ -897,9 +897,12 @@ class RpcServer:
         if len(params) not in (2, 3) or not all(isinstance(p, str) for p in params[:2]):
             raise RpcError(INVALID_PARAMS, "expected [module, query, {args}]")
         args = dict(params[2]) if len(params) == 3 and isinstance(params[2], dict) else {}
+        for name, value in args.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                _int_param(value, name)  # every number a query takes is a u63
         if "address" in args:
             try:
-                args["address"] = parse_address(args["address"])
+                args["address"] = parse_address(_str_param([args["address"]], 0, "address"))
             except InvalidKey as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
         module = self.chain.runtime.modules.get(params[0])

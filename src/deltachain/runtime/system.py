@@ -161,7 +161,9 @@ class SystemModule(Module):
 
     def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
         if name == "account":
-            who = args["address"]
+            who = args.get("address")
+            if not isinstance(who, bytes) or len(who) != 32:
+                raise InvalidCall("system.account needs an address (0x and 64 hex digits)")
             role = (
                 "admin"
                 if who == state.get(KEY_ADMIN)
