@@ -50,7 +50,8 @@ ADDRESS = "0x" + "ab" * 32
 
 def hexes() -> st.SearchStrategy[str]:
     return st.one_of(
-        st.sampled_from(["0x", "0x0", "0xzz", "nothex", "0x" + "00" * 32, ADDRESS, "0x" + "ff" * 33]),
+        st.sampled_from(["0x", "0x0", "0xzz", "nothex", "0x" + "00" * 32, ADDRESS]),
+        st.just("0x" + "ff" * 33),
         st.binary(max_size=40).map(lambda b: "0x" + b.hex()),
     )
 
@@ -94,7 +95,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RpcServer]:
 def answer(server: RpcServer, body: str | bytes) -> Any:
     text = asyncio.run(server.handle_payload(body, _Caller(allow_unsafe=True)))
     return None if text is None else json.loads(text)
-
 
 
 @settings(

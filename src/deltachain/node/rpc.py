@@ -101,6 +101,9 @@ BODY_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0
 """Seconds a connection may sit without a complete request (headers included) before it is
 closed; WebSockets are kept alive by their pings instead."""
+LINGER = 1.0
+"""Seconds aiohttp keeps reading an unread body after answering (413, 408) before closing;
+its default of 10 s would let a refused slow body hold the socket that much longer."""
 MAX_JSON_DEPTH = 32
 """Nesting deeper than this is refused (-32700) before the body is parsed."""
 MAX_INT = (1 << 63) - 1
@@ -1430,9 +1433,13 @@ class RpcServer:
         return app
 
     def runner(self) -> web.AppRunner:
-        """The app's runner; ``idle_timeout`` also bounds how long headers may take."""
+        """The app's runner; ``idle_timeout`` also bounds how long headers may take, and a
+        body refused unread is drained for at most ``LINGER`` s."""
         return web.AppRunner(
-            self.app(), access_log=None, keepalive_timeout=self.limits.idle_timeout
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.limits.idle_timeout,
+            lingering_time=LINGER,
         )
 
     def site(self, runner: web.AppRunner, host: str, port: int) -> web.TCPSite:

@@ -161,9 +161,10 @@ class SystemModule(Module):
 
     def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
         if name == "account":
-            who = args.get("address")
-            if not isinstance(who, bytes) or len(who) != 32:
+            raw = args.get("address")
+            if not isinstance(raw, bytes) or len(raw) != 32:
                 raise InvalidCall("system.account needs an address (0x and 64 hex digits)")
+            who = Address(raw)
             role = (
                 "admin"
                 if who == state.get(KEY_ADMIN)
