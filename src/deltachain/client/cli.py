@@ -69,7 +69,11 @@ def register(sub: Any) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--csv", help="write one row per round here")
     run.add_argument("--plot", help="write a PNG of quality vs round here")
-    run.add_argument("--admin-key", default="//alice", help="registers device keys if needed")
+    run.add_argument(
+        "--admin-key",
+        help="registers device keys if needed (default //alice on a Development/Local chain; "
+        "well-known //dev keys are refused on a Live chain)",
+    )
     run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per round")
     run.add_argument("--semantics", choices=("zero-fill", "present-quorum"), default="zero-fill")
     run.add_argument(
@@ -134,6 +138,8 @@ def _verifier(
 
 
 def cmd_client_run(args: argparse.Namespace) -> int:
+    from deltachain.crypto.keys import DEV_CHAIN_TYPES, refuse_well_known_key
+
     from .fleet import Fleet, FleetConfig, local_fleet, write_csv, write_plot
     from .rpc import JsonRpc
 
@@ -181,10 +187,15 @@ def cmd_client_run(args: argparse.Namespace) -> int:
 
                 peer = connect_peer(args.peer, root.genesis_hash)
                 downloads = PeerCaller(peer)
+            chain_type = str(node.call("system_chainType"))
+            admin_spec = args.admin_key or ("//alice" if chain_type in DEV_CHAIN_TYPES else None)
+            admin = None if admin_spec is None else _admin_key(admin_spec)
+            if admin is not None and admin_spec is not None:
+                refuse_well_known_key(admin, admin_spec, chain_type, "admin")
             fleet = Fleet(
                 node,
                 config,
-                admin=_admin_key(args.admin_key),
+                admin=admin,
                 verifier=_verifier(args, root, peer),
                 downloads=downloads,
             )

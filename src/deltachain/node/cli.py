@@ -23,8 +23,19 @@ import numpy as np
 
 from deltachain import __version__
 from deltachain.chain import construct_runtime
-from deltachain.crypto.keys import Keypair, address_to_str, parse_address
-from deltachain.crypto.keystore import encrypt_key, plain_key, read_key_file, write_key_file
+from deltachain.crypto.keys import (
+    Keypair,
+    address_to_str,
+    parse_address,
+    refuse_well_known_key,
+)
+from deltachain.crypto.keystore import (
+    encrypt_key,
+    plain_key,
+    read_key_file,
+    warn_if_exposed,
+    write_key_file,
+)
 from deltachain.errors import DeltachainError, KeystoreError
 from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
 from deltachain.node.metrics import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
@@ -71,7 +82,11 @@ def default_base_path(chain_id: str) -> Path:
 
 def read_password(password_file: str | None, *, confirm: bool = False) -> str | None:
     if password_file:
-        return Path(password_file).read_text().rstrip("\n")
+        warn_if_exposed(Path(password_file), "password file")
+        try:
+            return Path(password_file).read_text().rstrip("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeystoreError(f"cannot read password file {password_file}: {exc}") from None
     if "DELTACHAIN_PASSWORD" in os.environ:
         return os.environ["DELTACHAIN_PASSWORD"]
     if not sys.stdin.isatty():
@@ -179,6 +194,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     key = None
     if args.key:
         key = load_key(args.key, args.password_file)
+        refuse_well_known_key(key, args.key, spec.chain_type, "validator")
     elif args.dev or args.validator:
         key = Keypair.dev("alice") if args.dev else None
         if key is None:
@@ -265,6 +281,8 @@ def send_call(
     Extrinsic), or by polling if the endpoint has no WebSocket."""
     client = connect(args)
     key = load_key(args.key, args.password_file)
+    chain_type = client.call("system_chainType")
+    refuse_well_known_key(key, args.key, str(chain_type), "signing")
     genesis = _hash(client.call("chain_getGenesisHash"))
     nonce = client.call("system_accountNextIndex", address_to_str(key.address))
     tx = sign_transaction(key, genesis, nonce, module, function, call_args)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deltachain import codec
-from deltachain.crypto.keys import address_to_str, parse_address
+from deltachain.crypto.keys import address_to_str, is_valid_public_key, parse_address
 from deltachain.errors import (
     ChainSpecError,
     DecodeError,
@@ -127,6 +127,11 @@ class SystemModule(Module):
                 client = as_address(args["client"], "client")
             except DecodeError as exc:
                 raise InvalidCall(f"system.{function}: {exc}") from None
+            if function == "register_client" and not is_valid_public_key(client):
+                raise InvalidCall(
+                    f"system.register_client: {address_to_str(client)} is not an ed25519 key "
+                    "anyone can sign with (small-order or not a curve point)"
+                )
             return RegisterClient(client) if function == "register_client" else RevokeClient(client)
         if function == "remark":
             data = args.get("data")
