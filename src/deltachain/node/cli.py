@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from deltachain import __version__
-from deltachain.chain import construct_runtime
+from deltachain.chain import construct_runtime, genesis_header
 from deltachain.crypto.keys import (
     Keypair,
     address_to_str,
@@ -700,6 +700,13 @@ def cmd_light_sync(args: argparse.Namespace) -> int:
         transport = HttpTransport(args.rpc, timeout=args.timeout)
     started = time.monotonic()
     try:
+        if client is None and args.chain and not args.genesis:
+            # the spec gives genesis and the first set: nothing about the start comes from the
+            # node (which may have pruned its genesis state anyway)
+            spec = load_chain_spec(Path(args.chain))
+            client = LightClient.from_genesis(
+                genesis, spec.authorities, genesis_header=genesis_header(spec)
+            )
         if client is None:
             remote = RemoteLightClient.bootstrap(genesis, transport)
         else:
