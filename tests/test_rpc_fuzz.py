@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from deltachain.chain import construct_runtime
 from deltachain.node.chain import Chain
+from deltachain.node.ratelimit import TokenBucket
 from deltachain.node.rpc import (
     DEFAULT_CORS,
     INTERNAL_ERROR,
     RpcLimits,
     RpcServer,
-    _Bucket,
     _Caller,
     is_local_origin,
     origin_allowed,
@@ -256,7 +256,7 @@ def test_rate_limits_per_connection_and_per_ip(tmp_path: Path) -> None:
     limited = RpcServer(chain, run, limits=RpcLimits(rate_limit=5, rate_limit_per_ip=8))
     body = json.dumps(request("system_name"))
     try:
-        conn = _Caller(False, ip="10.0.0.1", bucket=_Bucket(5))
+        conn = _Caller(False, ip="10.0.0.1", bucket=TokenBucket(5))
         codes = [
             json.loads(asyncio.run(limited.handle_payload(body, conn)) or "{}").get("error", {})
             for _ in range(6)
@@ -264,11 +264,11 @@ def test_rate_limits_per_connection_and_per_ip(tmp_path: Path) -> None:
         assert codes[:5] == [{}] * 5
         assert codes[5]["code"] == -32029
         assert "per connection" in codes[5]["message"]
-        other = _Caller(False, ip="10.0.0.1", bucket=_Bucket(5))  # same IP, new connection
+        other = _Caller(False, ip="10.0.0.1", bucket=TokenBucket(5))  # same IP, new connection
         replies = [asyncio.run(limited.handle_payload(body, other)) or "" for _ in range(4)]
         assert "result" in replies[2]
         assert "per IP" in replies[3]  # 8 a minute for the IP: 5 + 3
-        stranger = _Caller(False, ip="10.0.0.2", bucket=_Bucket(5))
+        stranger = _Caller(False, ip="10.0.0.2", bucket=TokenBucket(5))
         assert "result" in (asyncio.run(limited.handle_payload(body, stranger)) or "")
     finally:
         chain.storage.close()

@@ -29,7 +29,6 @@ import re
 import resource
 import secrets
 import threading
-import time
 import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -54,6 +53,7 @@ from deltachain.model_state.module import ModelStateModule, key_chunk
 from deltachain.node import queries
 from deltachain.node.chain import Chain
 from deltachain.node.metrics import NodeMetrics
+from deltachain.node.ratelimit import KeyedBuckets, TokenBucket
 from deltachain.node.storage import Storage
 from deltachain.primitives.block import Block, Header
 from deltachain.primitives.transaction import SignedTransaction
@@ -199,31 +199,6 @@ def is_local_origin(origin: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and host is not None and is_loopback(host)
-
-
-# --- rate limits ------------------------------------------------------------------------------
-
-
-class _Bucket:
-    """A token bucket of ``per_minute`` calls, refilled continuously."""
-
-    __slots__ = ("per_minute", "stamp", "tokens")
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self.tokens = float(per_minute)
-        self.stamp = time.monotonic()
-
-    def take(self, n: int = 1) -> bool:
-        now = time.monotonic()
-        self.tokens = min(
-            float(self.per_minute), self.tokens + (now - self.stamp) * self.per_minute / 60.0
-        )
-        self.stamp = now
-        if self.tokens < n:
-            return False
-        self.tokens -= n
-        return True
 
 
 # --- sockets ----------------------------------------------------------------------------------
@@ -585,7 +560,7 @@ class _Caller:
     allow_unsafe: bool
     session: _Session | None = None
     ip: str | None = None
-    bucket: _Bucket | None = None
+    bucket: TokenBucket | None = None
     """This connection's rate-limit bucket (None: no per-connection limit)."""
 
 
@@ -635,8 +610,14 @@ class RpcServer:
         self._subscriptions = 0
         self._sessions: set[_Session] = set()
         self._log_levels: dict[str, int] = {}
-        self._ip_buckets: dict[str, _Bucket] = {}
-        self._conn_buckets: weakref.WeakKeyDictionary[Any, _Bucket] = weakref.WeakKeyDictionary()
+        self._ip_buckets = (
+            None
+            if self.limits.rate_limit_per_ip is None
+            else KeyedBuckets(self.limits.rate_limit_per_ip, max_keys=4 * self.limits.max_sockets)
+        )
+        self._conn_buckets: weakref.WeakKeyDictionary[Any, TokenBucket] = (
+            weakref.WeakKeyDictionary()
+        )
         self._slow_bodies = 0
         self.guard = _SocketGuard(
             min(self.limits.max_sockets, fd_socket_cap()), self.limits.max_sockets_per_ip
@@ -1073,14 +1054,12 @@ class RpcServer:
         limits = self.limits
         if limits.rate_limit is not None and caller.bucket and not caller.bucket.take(calls):
             return f"rate limit: {limits.rate_limit} calls a minute per connection; slow down"
-        if limits.rate_limit_per_ip is not None and caller.ip is not None:
-            bucket = self._ip_buckets.get(caller.ip)
-            if bucket is None:
-                if len(self._ip_buckets) > 4 * self.limits.max_sockets:
-                    self._ip_buckets.clear()  # bounded memory; a reset only forgives
-                bucket = self._ip_buckets[caller.ip] = _Bucket(limits.rate_limit_per_ip)
-            if not bucket.take(calls):
-                return f"rate limit: {limits.rate_limit_per_ip} calls a minute per IP; slow down"
+        if (
+            self._ip_buckets is not None
+            and caller.ip is not None
+            and not self._ip_buckets.take(caller.ip, calls)
+        ):
+            return f"rate limit: {limits.rate_limit_per_ip} calls a minute per IP; slow down"
         return None
 
     def _encode(self, reply: dict[str, Any], budget: int) -> str:
@@ -1160,7 +1139,7 @@ class RpcServer:
             if key is not None:
                 bucket = self._conn_buckets.get(key)
                 if bucket is None:
-                    bucket = self._conn_buckets[key] = _Bucket(self.limits.rate_limit)
+                    bucket = self._conn_buckets[key] = TokenBucket(self.limits.rate_limit)
         return _Caller(allow, session, request.remote, bucket)
 
     def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
