@@ -26,6 +26,7 @@ from deltachain.node.rpc import (
     RpcServer,
     _Caller,
     is_local_origin,
+    json_depth,
     origin_allowed,
     parse_cors,
 )
@@ -188,6 +189,8 @@ def test_sync_requests_for_heights_past_sqlite_are_empty(server: RpcServer) -> N
 
 
 def test_deep_json_is_a_parse_error_before_parsing(server: RpcServer) -> None:
+    assert json_depth(b"[" * 32 + b"]" * 32) == 0  # too few brackets to scan
+    assert json_depth(b'[["[[[["],' + b"[" * 40 + b"]" * 40 + b"]") == 41
     for depth in (33, 1_000, 100_000):
         body = '{"jsonrpc":"2.0","id":1,"method":"system_name","params":' + "[" * depth
         body += "]" * depth + "}"

@@ -367,9 +367,10 @@ _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 def json_depth(body: bytes) -> int:
-    """The deepest ``[``/``{`` nesting in a JSON text, strings skipped; no parsing."""
+    """The deepest ``[``/``{`` nesting in a JSON text, strings skipped, without parsing it
+    (0 when there are too few brackets to matter)."""
     if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
-        return min(MAX_JSON_DEPTH, body.count(b"[") + body.count(b"{"))
+        return 0  # too few brackets to nest too deep: not worth the scan
     bare = np.frombuffer(_STRINGS.sub(b"", body), dtype=np.uint8)
     step = (np.isin(bare, (0x5B, 0x7B)).astype(np.int64)) - np.isin(bare, (0x5D, 0x7D))
     return int(np.cumsum(step).max(initial=0))
@@ -1064,7 +1065,11 @@ class RpcServer:
 
     def _encode(self, reply: dict[str, Any], budget: int) -> str:
         """One reply as JSON within ``budget`` bytes, else that request's -32008 error."""
-        text = json.dumps(reply, allow_nan=False)
+        try:
+            text = json.dumps(reply, allow_nan=False)
+        except ValueError:  # NaN or infinity in a result: a bug, but never invalid JSON out
+            log.error("RPC reply for id %r is not valid JSON (NaN or infinity)", reply.get("id"))
+            return json.dumps(_error(reply.get("id"), INTERNAL_ERROR, "internal error"))
         if len(text) > budget:
             text = json.dumps(
                 _error(
@@ -1079,7 +1084,7 @@ class RpcServer:
     async def handle_payload(self, body: bytes | str, caller: _Caller) -> str | None:
         """A request body (object or batch) → the JSON text to send, or None to send nothing."""
         raw = body.encode() if isinstance(body, str) else body
-        if json_depth(raw) >= MAX_JSON_DEPTH:
+        if json_depth(raw) > MAX_JSON_DEPTH:
             return json.dumps(
                 _error(None, PARSE_ERROR, f"parse error: JSON nested over {MAX_JSON_DEPTH} deep")
             )
