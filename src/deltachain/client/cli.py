@@ -181,6 +181,12 @@ def cmd_client_run(args: argparse.Namespace) -> int:
             root = trust_root(args.chain, args.genesis)
             node = JsonRpc(args.rpc)
             root.check_node(node, args.rpc)  # ForeignChain: one line, before any device starts
+            if args.trust_node:
+                print(
+                    "warning: --trust-node: devices believe the finalized head the node claims "
+                    "(a lying node can feed them any model); drop it to verify finality",
+                    file=sys.stderr,
+                )
             downloads: Caller | None = None
             if args.peer:
                 from .peer import PeerCaller, connect_peer
