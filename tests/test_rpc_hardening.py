@@ -29,9 +29,10 @@ from node_process import NodeProcess, start_node, stop_node
 
 pytestmark = pytest.mark.slow
 
-BODY_TIMEOUT = 1.0
-IDLE_TIMEOUT = 4.0
+BODY_TIMEOUT = 2.0
+IDLE_TIMEOUT = 6.0
 PER_IP = 50
+FLOOD = 150
 
 
 @pytest.fixture(scope="module")
@@ -195,20 +196,20 @@ def test_slow_bodies_are_dropped_and_do_not_block_others(node: NodeProcess) -> N
 
 
 def test_idle_flood_is_capped_per_ip_and_closed(node: NodeProcess) -> None:
-    """300 idle connections from one address: PER_IP are accepted, the rest refused at once,
+    """FLOOD idle connections from one address: PER_IP are held, the rest refused at once,
     the accepted ones closed after --rpc-idle-timeout; others are answered throughout."""
     idle: list[socket.socket] = []
     try:
         started = time.monotonic()
-        for _ in range(300):
+        for _ in range(FLOOD):
             idle.append(connect_from("127.0.0.2", node))
         honest_call(node)  # during
         readable: list[socket.socket] = []
-        while len(readable) < 300 - PER_IP and time.monotonic() - started < IDLE_TIMEOUT - 1:
+        while len(readable) < FLOOD - PER_IP and time.monotonic() - started < IDLE_TIMEOUT - 1:
             time.sleep(0.1)
             readable = select.select(idle, [], [], 0)[0]
         assert time.monotonic() - started < IDLE_TIMEOUT, "too slow to tell refused from idle"
-        assert len(readable) == 300 - PER_IP  # refused at once (503, closed) ...
+        assert len(readable) == FLOOD - PER_IP  # refused at once (503, closed) ...
         assert not set(readable) & set(idle[:PER_IP])  # ... but the first PER_IP are held
         assert all(closed_by_server(sock) for sock in readable)
         time.sleep(IDLE_TIMEOUT + 1.0)
