@@ -294,3 +294,40 @@ def test_origin_rules() -> None:
     assert is_local_origin("http://localhost:1234")
     assert not is_local_origin("http://evil.example")
     assert not is_local_origin("null")
+
+
+BAD_VALUES: list[Any] = [
+    *EDGE_INTS,
+    True,
+    None,
+    1.5,
+    float("nan"),
+    float("inf"),
+    "",
+    "0x",
+    "0xzz",
+    "0x" + "00" * 31,
+    "x" * 10_000,
+    [],
+    [[[]]],
+    {},
+    {"offset": 2**64, "limit": -1, "format": 7, "at": 5},
+]
+
+
+def test_every_method_every_position_every_bad_value(server: RpcServer) -> None:
+    """The exhaustive sweep behind the property test: each method, each of its first three
+    parameters in turn set to each bad value, after plausible ones (a model id, the genesis)."""
+    genesis = "0x" + server.chain.genesis_hash.hex()
+    plausible: list[Any] = ["sine-mlp", 0, genesis]
+    failures = []
+    for method in sorted(server.methods):
+        if method == "system_addLogFilter":
+            continue
+        for position in range(3):
+            for bad in BAD_VALUES:
+                params = [*plausible[:position], bad]
+                reply = answer(server, json.dumps(request(method, *params)))
+                if reply.get("error", {}).get("code") == INTERNAL_ERROR:
+                    failures.append((method, params))
+    assert failures == []
