@@ -261,7 +261,12 @@ class _GuardedHandler(RequestHandler):
 
 
 class _GuardedSite(web.TCPSite):
-    """A TCP site whose connections go through a :class:`_SocketGuard`."""
+    """A TCP site whose connections go through a :class:`_SocketGuard`.
+
+    aiohttp has no hook at accept time, so this builds the server's ``RequestHandler`` itself
+    (as ``web.Server.__call__`` does, from its ``_kwargs``); checked against aiohttp 3.14, and
+    ``tests/test_rpc_hardening.py`` fails if a later aiohttp changes that.
+    """
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, guard: _SocketGuard) -> None:
         super().__init__(runner, host, port, shutdown_timeout=5.0)
