@@ -212,6 +212,7 @@ def test_idle_flood_is_capped_per_ip_and_closed(node: NodeProcess) -> None:
         assert len(readable) == FLOOD - PER_IP  # refused at once (503, closed) ...
         assert not set(readable) & set(idle[:PER_IP])  # ... but the first PER_IP are held
         assert all(closed_by_server(sock) for sock in readable)
+        assert node.log.read_text().count("RPC refused connections over its socket caps") == 1
         time.sleep(IDLE_TIMEOUT + 1.0)
         for sock in idle:
             sock.settimeout(5)

@@ -29,6 +29,7 @@ import re
 import resource
 import secrets
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -215,10 +216,24 @@ class _SocketGuard:
         self.open = 0
         self.by_ip: dict[str, int] = {}
         self.refused = 0
+        self._reported = -60.0
 
     def admit(self, ip: str) -> bool:
         if self.open >= self.total or self.by_ip.get(ip, 0) >= self.per_ip:
             self.refused += 1
+            now = time.monotonic()
+            if now - self._reported >= 60.0:  # one line a minute, however hard the flood
+                self._reported = now
+                log.warning(
+                    "RPC refused connections over its socket caps (%d open of %d, %s has %d of "
+                    "%d); %d refused so far",
+                    self.open,
+                    self.total,
+                    ip,
+                    self.by_ip.get(ip, 0),
+                    self.per_ip,
+                    self.refused,
+                )
             return False
         self.open += 1
         self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
