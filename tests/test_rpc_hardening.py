@@ -33,6 +33,7 @@ BODY_TIMEOUT = 2.0
 IDLE_TIMEOUT = 6.0
 PER_IP = 50
 FLOOD = 150
+RATE = 100
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         tmp_path_factory.mktemp("rpc-hardening"),
         *("--rpc-body-timeout", str(BODY_TIMEOUT), "--rpc-idle-timeout", str(IDLE_TIMEOUT)),
         *("--rpc-max-sockets", "200", "--rpc-max-sockets-per-ip", str(PER_IP)),
-        *("--rpc-max-connections", "20"),
+        *("--rpc-max-connections", "20", "--rpc-rate-limit", str(RATE)),
     )
     try:
         yield n
@@ -135,6 +136,23 @@ async def test_cross_origin_websocket_is_refused(node: NodeProcess) -> None:
             await ws.send_str(rpc("system_addLogFilter", "deltachain.rpc=info").decode())
             reply = json.loads((await ws.receive(timeout=10)).data)
             assert reply["result"] is None  # a local page on a loopback peer: auto allows it
+
+
+async def test_websocket_calls_are_rate_limited_per_connection(node: NodeProcess) -> None:
+    """--rpc-rate-limit RATE: a batch counts every call; one that would take a connection past
+    RATE calls a minute is refused whole (-32029); a fresh connection has its own budget."""
+    batch = json.dumps([json.loads(rpc("system_name"))] * 60)  # 60 + 60 > RATE = 100
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(node.url) as ws:
+            await ws.send_str(batch)
+            assert len(json.loads((await ws.receive(timeout=10)).data)) == 60
+            await ws.send_str(batch)  # would need 60 of the ~40 left (12 s of refill)
+            refused = json.loads((await ws.receive(timeout=10)).data)
+            assert refused["error"]["code"] == -32029
+            assert f"{RATE} calls a minute per connection" in refused["error"]["message"]
+        async with http.ws_connect(node.url) as fresh:
+            await fresh.send_str(batch)
+            assert len(json.loads((await fresh.receive(timeout=10)).data)) == 60
 
 
 def test_foreign_origin_never_reaches_unsafe_methods_even_with_cors_all(tmp_path: Any) -> None:
