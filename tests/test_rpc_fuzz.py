@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from deltachain.chain import construct_runtime
 from deltachain.node.chain import Chain
+from deltachain.node.cli import main
 from deltachain.node.ratelimit import TokenBucket
 from deltachain.node.rpc import (
     DEFAULT_CORS,
@@ -331,3 +332,26 @@ def test_every_method_every_position_every_bad_value(server: RpcServer) -> None:
                 if reply.get("error", {}).get("code") == INTERNAL_ERROR:
                     failures.append((method, params))
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ("--rpc-port", "70000"),
+        ("--port", "-1"),
+        ("--rpc-body-timeout", "nan"),
+        ("--rpc-idle-timeout", "0"),
+        ("--rpc-max-response-size", "0"),
+        ("--rpc-rate-limit", "0"),
+        ("--rpc-cors", "evil.example"),
+    ],
+)
+def test_node_flags_are_range_checked(
+    flag: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["node", "--dev", *flag])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag[0]}" in err
+    assert "Traceback" not in err

@@ -766,6 +766,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, not {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0.1 <= value <= 3600:  # also refuses nan and inf
@@ -804,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--password-file")
     node.add_argument("--name", default="deltachain", help="node name shown to peers and in RPC")
     node.add_argument("--rpc-host", default="127.0.0.1")
-    node.add_argument("--rpc-port", type=int, default=9944)
+    node.add_argument("--rpc-port", type=_port, default=9944)
     node.add_argument(
         "--rpc-methods",
         choices=RPC_METHODS_POLICIES,
@@ -880,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument(
         "--prometheus-port",
-        type=int,
+        type=_port,
         default=DEFAULT_PROMETHEUS_PORT,
         help="serve Prometheus metrics on this port at /metrics (default %(default)s)",
     )
@@ -891,7 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     node.add_argument("--no-prometheus", action="store_true", help="no metrics endpoint")
     node.add_argument("--archive", action="store_true", help="keep every state (no pruning)")
-    node.add_argument("--port", type=int, help="p2p port (default 30333; 0 = any free port)")
+    node.add_argument("--port", type=_port, help="p2p port (default 30333; 0 = any free port)")
     node.add_argument("--listen-host", default="127.0.0.1", help="p2p listen address")
     node.add_argument("--bootnodes", nargs="*", help="peer multiaddrs /ip4/…/tcp/…/p2p/<id>")
     node.add_argument(
