@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from deltachain.crypto.keys import (
     Keypair,
+    address_to_str,
     is_valid_public_key,
     refuse_well_known_key,
     well_known_name,
@@ -24,6 +28,7 @@ from deltachain.node.cli import main
 from deltachain.primitives.chainspec import dev_chain_spec
 from deltachain.primitives.types import Address
 from deltachain.runtime.executive import check_transaction
+from node_process import CLI, START_S, free_port
 from support import ALICE, MemChain
 
 SMALL_ORDER = [
@@ -129,3 +134,62 @@ def test_key_and_password_files_readable_by_others_warn_once(
 
 def test_address_type_is_32_bytes() -> None:
     assert len(Address(Keypair.generate().address)) == 32
+
+
+@pytest.mark.slow
+def test_dev_admin_and_signing_keys_are_refused_by_a_live_chain_s_clients(tmp_path: Path) -> None:
+    """Against a running Live chain: `register-client --key //alice` and `client run
+    --admin-key //alice` stop with one line before signing anything."""
+    validator = Keypair.generate()
+    key_file = tmp_path / "validator.json"
+    write_key_file(key_file, plain_key(validator))
+    spec = dev_chain_spec(slot_ms=250).to_json()
+    spec["chainType"] = "Live"
+    spec["genesis"]["consensus"]["authorities"] = [address_to_str(validator.address)]
+    spec["genesis"]["runtime"]["system"]["admin"] = address_to_str(validator.address)
+    spec_path = tmp_path / "live.json"
+    spec_path.write_text(json.dumps(spec))
+    port = free_port()
+    log = tmp_path / "node.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [
+                *CLI,
+                *("node", "--chain", str(spec_path), "--validator", "--key", str(key_file)),
+                *("--base-path", str(tmp_path / "db"), "--rpc-port", str(port), "--no-prometheus"),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_S
+        while "JSON-RPC listening" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        stranger = address_to_str(Keypair.generate().address)
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120)
+
+        signed = cli("register-client", stranger, "--key", "//alice", "--rpc", url)
+        assert signed.returncode == 1
+        assert signed.stderr.count("\n") == 1, signed.stderr
+        assert "signing key //alice is a well-known development key" in signed.stderr
+        fleet = cli(
+            "client", "run", "--rpc", url, "--chain", str(spec_path), "--admin-key", "//alice"
+        )
+        assert fleet.returncode == 1
+        assert fleet.stderr.count("\n") == 1, fleet.stderr
+        assert "admin key //alice is a well-known development key" in fleet.stderr
+        # the real admin key is accepted (registration goes through)
+        done = cli("register-client", stranger, "--key", str(key_file), "--rpc", url)
+        assert done.returncode == 0, done.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
