@@ -202,12 +202,14 @@ def test_bad_transactions_are_rejected_and_the_node_keeps_running(node: str) -> 
     assert call(node, "no_such_method")["error"]["code"] == -32601
 
 
-def test_client_fleet_follows_finality_and_improves(node: str) -> None:
+def test_client_fleet_follows_finality_and_improves(node: str, tmp_path: Path) -> None:
     proc = run(
         "client",
         "run",
         "--rpc",
         node,
+        "--chain",
+        str(tmp_path / "spec.json"),  # the spec start_node wrote: the devices' trust root
         "--task",
         "sine",
         "--devices",

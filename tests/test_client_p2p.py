@@ -8,30 +8,35 @@ libp2p client thread is joined.
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from deltachain.client.peer import PeerCaller, connect_peer
 from deltachain.client.rpc import JsonRpc
-from deltachain.client.verify import LightVerifier, download_model
+from deltachain.client.verify import LightVerifier, TrustRoot, download_model
+from deltachain.crypto.hashing import Hash32
+from deltachain.errors import ForeignChain
 from deltachain.light.p2p import P2pTransport, PeerOnAnotherChain
 from deltachain.light.remote import RemoteError
 from deltachain.node.cli import main
+from deltachain.primitives.chainspec import load_chain_spec
 from node_process import CLI, start_node, stop_node
 
 pytestmark = pytest.mark.slow
 
 
 class DevNode:
-    def __init__(self, rpc: str, peer: str) -> None:
+    def __init__(self, rpc: str, peer: str, spec: Path) -> None:
         self.rpc = rpc
         self.peer = peer
+        self.spec = spec
+        self.root = TrustRoot.from_spec(load_chain_spec(spec), str(spec))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevNode]:
         ready=r"finalized #[1-9]",
     )
     try:
-        yield DevNode(node.url, node.p2p_addr)
+        yield DevNode(node.url, node.p2p_addr, node.spec)
     finally:
         stop_node(node)
 
@@ -62,7 +67,7 @@ def client_run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_fleet_verifies_finality_and_downloads_over_p2p(dev: DevNode, tmp_path: Path) -> None:
     rows = tmp_path / "rounds.csv"
     done = client_run(
-        *("--rpc", dev.rpc, "--peer", dev.peer, "--task", "sine"),
+        *("--rpc", dev.rpc, "--chain", str(dev.spec), "--peer", dev.peer, "--task", "sine"),
         *("--devices", "3", "--heldout", "2", "--rounds", "2", "--seed", "1"),
         *("--csv", str(rows)),
     )
@@ -81,8 +86,9 @@ def test_fleet_verifies_finality_and_downloads_over_p2p(dev: DevNode, tmp_path: 
 
 def test_p2p_verifiers_count_their_own_bytes_per_round(dev: DevNode) -> None:
     node = JsonRpc(dev.rpc)
-    with connect_peer(dev.peer, node) as transport:
-        first, second = LightVerifier(node, transport), LightVerifier(node, transport)
+    with connect_peer(dev.peer, dev.root.genesis_hash) as transport:
+        first = LightVerifier(node, dev.root, transport)
+        second = LightVerifier(node, dev.root, transport)
         first.take_cost(), second.take_cost()  # bootstrap (genesis header + set proof)
         before = transport.bytes_received
         assert first.finalized_block() == first.remote.client.finalized.hash
@@ -101,27 +107,58 @@ def test_p2p_verifiers_count_their_own_bytes_per_round(dev: DevNode) -> None:
 
 
 def test_bad_unreachable_and_foreign_peers_are_one_clear_line(dev: DevNode) -> None:
-    bad = client_run("--rpc", dev.rpc, "--peer", "/ip4/127.0.0.1/tcp/9", "--rounds", "1")
+    chain = ("--chain", str(dev.spec))
+    bad = client_run("--rpc", dev.rpc, *chain, "--peer", "/ip4/127.0.0.1/tcp/9", "--rounds", "1")
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0, bad.stderr
     assert "not a peer multiaddr" in bad.stderr
     assert "network listening on" in bad.stderr  # says where to find the right one
     peer_id = dev.peer.rsplit("/p2p/", 1)[1]
     started = time.monotonic()
-    gone = client_run("--rpc", dev.rpc, "--peer", f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id}")
+    gone = client_run("--rpc", dev.rpc, *chain, "--peer", f"/ip4/127.0.0.1/tcp/1/p2p/{peer_id}")
     assert time.monotonic() - started < 30
     assert gone.returncode == 1
     assert gone.stderr.strip().count("\n") == 0, gone.stderr
     assert "cannot reach a node at" in gone.stderr
 
-    class OtherChain:
-        def call(self, method: str, *params: Any) -> Any:
-            assert method == "chain_getGenesisHash"
-            return "0x" + "11" * 32
-
-    with pytest.raises(PeerOnAnotherChain, match="--peer must be a node of the chain --rpc"):
-        connect_peer(dev.peer, OtherChain())
+    with pytest.raises(PeerOnAnotherChain, match="--peer must be a node of the chain --chain"):
+        connect_peer(dev.peer, Hash32(b"\x11" * 32))
     with pytest.raises(RemoteError, match="not a peer multiaddr"):
         P2pTransport("/ip4/127.0.0.1/tcp/1", bytes(32))  # type: ignore[arg-type]
     assert main(["client", "run", "--local", "--peer", dev.peer]) == 1
     assert client_threads() == []
+
+
+def test_devices_trust_the_chain_spec_not_the_node(dev: DevNode, tmp_path: Path) -> None:
+    """An attacker's node (here: a dev node) is refused by a fleet that trusts another spec."""
+    # the repository's genesis.json: a different chain than the node serves
+    theirs = Path(__file__).resolve().parents[1] / "genesis.json"
+    refused = client_run("--rpc", dev.rpc, "--chain", str(theirs), "--rounds", "1")
+    assert refused.returncode == 1
+    assert refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert f"refusing the node at {dev.rpc}" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # a poisoned genesis: the same spec with another model seed is another chain
+    spec = json.loads(dev.spec.read_text())
+    spec["genesis"]["runtime"]["model_state"]["models"][0]["init"]["seed"] = 8
+    poisoned = tmp_path / "poisoned.json"
+    poisoned.write_text(json.dumps(spec))
+    root = TrustRoot.from_spec(load_chain_spec(poisoned), str(poisoned))
+    with pytest.raises(ForeignChain, match="refusing the node"):
+        LightVerifier(JsonRpc(dev.rpc), root)
+    other = client_run("--rpc", dev.rpc, "--genesis", "0x" + "11" * 32, "--rounds", "1")
+    assert other.returncode == 1
+    assert "refusing the node" in other.stderr
+    assert other.stderr.strip().count("\n") == 0
+    missing = client_run("--rpc", dev.rpc, "--chain", str(tmp_path / "nope.json"))
+    assert missing.returncode == 1
+    assert "pass --chain SPEC" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0
+    # the right spec, over JSON-RPC: the light client starts from the spec's genesis and set
+    node = JsonRpc(dev.rpc)
+    verifier = LightVerifier(node, dev.root)
+    assert verifier.remote.client.authorities == dev.root.authorities
+    assert verifier.finalized_block() == verifier.remote.client.finalized.hash
+    assert verifier.remote.client.finalized.number >= 1
+    by_hash = TrustRoot(dev.root.genesis_hash, "--genesis")  # set proven against genesis
+    assert LightVerifier(node, by_hash).remote.client.authorities == dev.root.authorities

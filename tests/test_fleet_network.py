@@ -169,7 +169,8 @@ def test_a_round_short_of_min_deltas_says_what_it_needs(net: FleetNet) -> None:
     run = subprocess.run(
         [
             sys.executable, "-m", "deltachain.node.cli", "client", "run", "--rpc", net.urls[2],
-            "--model", "underflow", "--devices", "3", "--rounds", "1", "--trust-node",
+            "--model", "underflow", "--devices", "3", "--rounds", "1",
+            "--chain", str(net.spec_path),
         ],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

@@ -30,7 +30,12 @@ from deltachain.light.p2p import LightProtocolError, P2pTransport
 from deltachain.light.protocol import MAX_REQUEST_BYTES, encode_request, light_protocol
 from deltachain.light.remote import RemoteError, RemoteLightClient
 from deltachain.node import light_server
-from deltachain.node.network import Network, NetworkConfig, peer_id_from_seed
+from deltachain.node.network import (
+    OPEN_REQUESTS_PER_MINUTE,
+    Network,
+    NetworkConfig,
+    peer_id_from_seed,
+)
 from deltachain.node.service import chain_runner
 from deltachain.p2p.host import ClientHost, parse_peer_address
 from node_process import CLI, start_node, stop_node
@@ -208,6 +213,32 @@ def test_light_clients_are_outsiders_not_peers(served: Served) -> None:
         transport.call("chain_getFinalizedHead", [])
         assert served.network is not None
         assert served.network.peers() == []
+
+
+def test_each_outsider_gets_a_request_budget(served: Served) -> None:
+    """A non-reserved peer over ``open_requests_per_minute`` is refused (without the chain
+    thread); another peer is still served, and so is the first once its budget refills."""
+    network = served.network
+    assert network is not None
+    network.open_requests_per_minute = 3
+    try:
+        with served.transport() as greedy, served.transport() as other:
+            answers = []
+            for _ in range(6):
+                try:
+                    answers.append(greedy.call("chain_getFinalizedHead", []))
+                except RemoteError as exc:
+                    answers.append(str(exc))
+            refused = [a for a in answers if "rate limited" in a]
+            assert len(refused) >= 3, answers
+            assert "3 requests a minute per peer" in refused[0]
+            assert answers[0].startswith("0x")  # the first ones were served
+            assert other.call("chain_getFinalizedHead", []).startswith("0x")
+            assert network.rate_limited >= 3
+    finally:
+        network.open_requests_per_minute = OPEN_REQUESTS_PER_MINUTE
+    with served.transport() as transport:  # budgets back to the default
+        transport.call("chain_getFinalizedHead", [])
 
 
 # --- what the client refuses -------------------------------------------------------------------

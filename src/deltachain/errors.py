@@ -177,6 +177,10 @@ class NetworkError(DeltachainError):
     """A peer could not be reached or answered badly; callers may retry or ask another peer."""
 
 
+class ForeignChain(NetworkError):
+    """A node serves another chain than the one the user trusts (its genesis hash differs)."""
+
+
 class RequestTooLarge(NetworkError):
     """A request or response frame over its protocol's size cap."""
 

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
     from deltachain.light.p2p import P2pTransport
 
     from .rpc import Caller
-    from .verify import Verifier
+    from .verify import TrustRoot, Verifier
 
 DEFAULT_RPC = "http://127.0.0.1:9944"
+DEFAULT_CHAIN = "genesis.json"
+"""The repository's testnet spec: the chain a fleet trusts unless told another."""
 
 
 def register(sub: Any) -> None:
@@ -45,6 +47,14 @@ def register(sub: Any) -> None:
     run.add_argument(
         "--local", action="store_true", help="use an in-process chain instead of --rpc"
     )
+    run.add_argument(
+        "--chain",
+        default=DEFAULT_CHAIN,
+        help="chain spec the devices trust (their genesis and first authority set); `dev` is "
+        "the built-in spec of `deltachain node --dev`; a node of another chain is refused "
+        "(default %(default)s)",
+    )
+    run.add_argument("--genesis", help="genesis hash (0x…) the devices trust, instead of --chain's")
     run.add_argument("--task", choices=("sine", "digits"), default="sine")
     run.add_argument("--model", help="model id (default: sine-mlp or digits-mlp)")
     run.add_argument("--devices", type=int, default=20, help="training devices")
@@ -59,13 +69,18 @@ def register(sub: Any) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--csv", help="write one row per round here")
     run.add_argument("--plot", help="write a PNG of quality vs round here")
-    run.add_argument("--admin-key", default="//alice", help="registers device keys if needed")
+    run.add_argument(
+        "--admin-key",
+        help="registers device keys if needed (default //alice on a Development/Local chain; "
+        "well-known //dev keys are refused on a Live chain)",
+    )
     run.add_argument("--timeout", type=float, default=120.0, help="seconds to wait per round")
     run.add_argument("--semantics", choices=("zero-fill", "present-quorum"), default="zero-fill")
     run.add_argument(
         "--trust-node",
         action="store_true",
-        help="trust the node's finalized head instead of following justifications (light client)",
+        help="INSECURE: believe whatever finalized head the node claims instead of following "
+        "justifications (a lying node can feed the devices any model)",
     )
     run.add_argument("--eta", default="4/1", help="--local: the model's step size num/den")
     run.add_argument("--trim-beta", default="1/5", help="--local: the model's trimBeta")
@@ -86,16 +101,45 @@ def _admin_key(spec: str) -> Any:
     return read_key_file(path, password)
 
 
-def _verifier(args: argparse.Namespace, peer: P2pTransport | None) -> Callable[[Caller], Verifier]:
+def trust_root(chain: str, genesis: str | None) -> TrustRoot:
+    """The devices' trust root: ``--genesis`` if given, else the chain spec ``chain``."""
+    from deltachain.crypto.hashing import Hash32
+    from deltachain.primitives.chainspec import dev_chain_spec, load_chain_spec
+
+    from .verify import TrustRoot
+
+    if genesis is not None:
+        try:
+            raw = bytes.fromhex(genesis[2:]) if genesis.startswith("0x") else b""
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise DeltachainError(f"--genesis {genesis!r} is not a hash (0x and 64 hex digits)")
+        return TrustRoot(Hash32(raw), f"--genesis {genesis[:18]}…")
+    if chain == "dev":
+        return TrustRoot.from_spec(dev_chain_spec(), "the dev chain spec (--chain dev)")
+    if not Path(chain).exists():
+        raise DeltachainError(
+            f"no chain spec {chain!r}: pass --chain SPEC (the genesis.json your network runs; "
+            "`--chain dev` for `node --dev`) or --genesis 0x<hash>"
+        )
+    return TrustRoot.from_spec(load_chain_spec(Path(chain)), chain)
+
+
+def _verifier(
+    args: argparse.Namespace, root: TrustRoot, peer: P2pTransport | None
+) -> Callable[[Caller], Verifier]:
     """How each device trusts what it downloads (see ``client/verify.py``)."""
     from .verify import LightVerifier, TrustNodeVerifier
 
-    if peer is not None:
-        return lambda node: LightVerifier(node, transport=peer)
-    return TrustNodeVerifier if args.trust_node else LightVerifier
+    if args.trust_node:
+        return TrustNodeVerifier
+    return lambda node: LightVerifier(node, root, transport=peer)
 
 
 def cmd_client_run(args: argparse.Namespace) -> int:
+    from deltachain.crypto.keys import DEV_CHAIN_TYPES, refuse_well_known_key
+
     from .fleet import Fleet, FleetConfig, local_fleet, write_csv, write_plot
     from .rpc import JsonRpc
 
@@ -134,18 +178,31 @@ def cmd_client_run(args: argparse.Namespace) -> int:
                 progress=sys.stderr,
             )
         else:
+            root = trust_root(args.chain, args.genesis)
             node = JsonRpc(args.rpc)
+            root.check_node(node, args.rpc)  # ForeignChain: one line, before any device starts
+            if args.trust_node:
+                print(
+                    "warning: --trust-node: devices believe the finalized head the node claims "
+                    "(a lying node can feed them any model); drop it to verify finality",
+                    file=sys.stderr,
+                )
             downloads: Caller | None = None
             if args.peer:
                 from .peer import PeerCaller, connect_peer
 
-                peer = connect_peer(args.peer, node)
+                peer = connect_peer(args.peer, root.genesis_hash)
                 downloads = PeerCaller(peer)
+            chain_type = str(node.call("system_chainType"))
+            admin_spec = args.admin_key or ("//alice" if chain_type in DEV_CHAIN_TYPES else None)
+            admin = None if admin_spec is None else _admin_key(admin_spec)
+            if admin is not None and admin_spec is not None:
+                refuse_well_known_key(admin, admin_spec, chain_type, "admin")
             fleet = Fleet(
                 node,
                 config,
-                admin=_admin_key(args.admin_key),
-                verifier=_verifier(args, peer),
+                admin=admin,
+                verifier=_verifier(args, root, peer),
                 downloads=downloads,
             )
         result = fleet.run()
@@ -155,8 +212,10 @@ def cmd_client_run(args: argparse.Namespace) -> int:
     verified = sum(d.verified_downloads for d in fleet.devices + fleet.heldout)
     first, last = result.initial, result.final
     anchor = (
-        "the node-claimed head"
-        if args.trust_node or args.local
+        "the node-claimed head (--trust-node: NOT checked against finality)"
+        if args.trust_node
+        else "the in-process chain's head"
+        if args.local
         else "a finalized state root the light client proved by justifications"
         + (f" over p2p from {args.peer}" if args.peer else "")
     )

@@ -12,26 +12,23 @@ from typing import Any
 
 from deltachain.crypto.hashing import Hash32
 from deltachain.light.p2p import LightProtocolError, P2pTransport, PeerOnAnotherChain
-from deltachain.light.proofs import unhex
-from deltachain.primitives.types import as_hash32
 
-from .rpc import NOT_FOUND, Caller, RpcFailed
+from .rpc import NOT_FOUND, RpcFailed
 
 __all__ = ["PEER_TIMEOUT", "PeerCaller", "connect_peer"]
 
 PEER_TIMEOUT = 10.0
 """Seconds per light request, dial included (as ``deltachain light sync``'s default)."""
 
-RPC_CHAIN_HINT = "--peer must be a node of the chain --rpc serves"
+RPC_CHAIN_HINT = "--peer must be a node of the chain --chain/--genesis names"
 
 
-def connect_peer(peer: str, node: Caller, *, timeout: float = PEER_TIMEOUT) -> P2pTransport:
-    """A ``P2pTransport`` to ``peer`` for the chain ``node`` serves, checked by one request.
+def connect_peer(peer: str, genesis: Hash32, *, timeout: float = PEER_TIMEOUT) -> P2pTransport:
+    """A ``P2pTransport`` to ``peer`` for the chain the user trusts, checked by one request.
 
     Fails early with the one-line errors of ``deltachain light sync --peer`` (a bad multiaddr,
     an unreachable peer, a peer of another chain), so no device starts on a dead link.
     """
-    genesis: Hash32 = as_hash32(unhex(node.call("chain_getGenesisHash"), "genesis hash"))
     transport = P2pTransport(peer, genesis, timeout=timeout)  # RemoteError: bad multiaddr
     try:
         transport.call("chain_getGenesisHash", [])

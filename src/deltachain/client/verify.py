@@ -6,8 +6,10 @@ links itself; the last two belong to a :class:`Verifier`, which tells the device
 read and what that block's state root is.
 
 * :class:`LightVerifier` (the default for ``client run --rpc``) trusts only finality: a
-  ``deltachain.light`` client follows justifications from the genesis hash, over the node's
-  JSON-RPC or any other light ``Transport`` (``client run --peer``: the p2p light protocol).
+  ``deltachain.light`` client follows justifications from a :class:`TrustRoot` the *user*
+  gives (the chain spec's genesis and authority set, or a genesis hash), never one the node
+  reports, over the node's JSON-RPC or any other light ``Transport`` (``client run --peer``).
+  A node of another chain is refused with :class:`~deltachain.errors.ForeignChain`.
 * :class:`TrustNodeVerifier` (``--trust-node``, and the in-process ``--local`` chain, which
   produces no justifications) **trusts the node's finality claim**: it asks the node for its
   finalized head and checks only that the returned header hashes to that block hash (so the
@@ -31,16 +33,19 @@ from deltachain import codec
 from deltachain.crypto.hashing import Hash32
 from deltachain.crypto.merkle import leaf_hash, verify_merkle_proof
 from deltachain.crypto.trie import TrieProof, verify_proof
-from deltachain.errors import DecodeError, DeltachainError, ProofError
+from deltachain.errors import DecodeError, DeltachainError, ForeignChain, ProofError
+from deltachain.light.client import LightClient
 from deltachain.light.remote import RemoteLightClient, Transport
 from deltachain.model_state.module import key_model
 from deltachain.primitives.block import Header
+from deltachain.primitives.types import Address
 from deltachain.runtime.state import key_hash, value_hash
 
 from .rpc import NOT_FOUND, Caller, RpcFailed
 
 if TYPE_CHECKING:
     from deltachain.light.p2p import P2pTransport
+    from deltachain.primitives.chainspec import ChainSpec
 
 HASH_NODE_BYTES = 65
 """Bytes hashed per Merkle/trie node: one-byte domain prefix + two 32-byte children."""
@@ -107,6 +112,43 @@ def header_from_json(obj: Any) -> Header:
         raise ProofError(f"malformed header answer: {exc}") from None
     except DecodeError as exc:
         raise ProofError(f"malformed header: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """What a device trusts before it talks to any node: the chain it belongs to.
+
+    From a chain spec (``from_spec``): the genesis header computed locally and the initial
+    authority set, so nothing about the start of the chain comes from a node. From a bare
+    genesis hash: the node must show a genesis header hashing to it, and the set is proven
+    against that header's state root. ``source`` names where it came from, for messages.
+    """
+
+    genesis_hash: Hash32
+    source: str
+    genesis_header: Header | None = None
+    authorities: tuple[Address, ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: ChainSpec, source: str) -> TrustRoot:
+        from deltachain.chain import genesis_header  # builds genesis: runtime code, local only
+
+        header = genesis_header(spec)
+        return cls(header.hash, source, header, tuple(spec.authorities))
+
+    def check_node(self, node: Caller, where: str) -> None:
+        """Raise ForeignChain (one line) unless ``node`` serves this chain."""
+        self.check_served(node.call("chain_getGenesisHash"), where)
+
+    def check_served(self, served: Any, where: str) -> None:
+        """Raise ForeignChain (one line) unless ``served`` (a node's genesis) is ours."""
+        if served != "0x" + self.genesis_hash.hex():
+            shown = served[:18] + "…" if isinstance(served, str) else repr(served)[:20]
+            raise ForeignChain(
+                f"refusing the node at {where}: it serves chain {shown}, but {self.source} "
+                f"is 0x{self.genesis_hash.hex()[:16]}…; point at a node of your chain or pass "
+                "the right --chain/--genesis"
+            )
 
 
 class TrustNodeVerifier:
@@ -196,20 +238,29 @@ class _MeteredTransport(Transport):
 
 class LightVerifier:
     """Trusts only what finality proves: a ``deltachain.light`` client that starts from the
-    genesis hash and follows justifications (warping across authority-set changes).
+    user's ``root`` and follows justifications (warping across authority-set changes).
 
     ``finalized_block`` syncs the light client and returns its finalized block; any other
-    block is refused. A node that lies about finality, sets or state is caught here.
+    block is refused. A node that lies about finality, sets or state is caught here, and a
+    node of another chain is refused (ForeignChain) before anything is read from it.
 
-    The genesis hash comes from ``node``; justifications and proofs come over ``transport``
-    when given (e.g. a ``P2pTransport`` shared by the fleet), else over ``node`` itself.
+    Justifications and proofs come over ``transport`` when given (e.g. a ``P2pTransport``
+    shared by the fleet), else over ``node`` itself.
     """
 
-    def __init__(self, node: Caller, transport: Transport | None = None) -> None:
+    def __init__(self, node: Caller, root: TrustRoot, transport: Transport | None = None) -> None:
         self._transport = _MeteredTransport(transport or _CallerTransport(node))
         try:
-            genesis = Hash32(_unhex(node.call("chain_getGenesisHash"), "genesis hash", 32))
-            self.remote = RemoteLightClient.bootstrap(genesis, self._transport)
+            root.check_served(self._transport.call("chain_getGenesisHash", []), "--rpc/--peer")
+            if root.genesis_header is not None:
+                client = LightClient.from_genesis(
+                    root.genesis_hash, root.authorities, genesis_header=root.genesis_header
+                )
+                self.remote = RemoteLightClient(client, self._transport)
+            else:
+                self.remote = RemoteLightClient.bootstrap(root.genesis_hash, self._transport)
+        except ForeignChain:
+            raise
         except DeltachainError as exc:
             raise ProofError(f"light client cannot start: {exc}") from None
         self._cost = VerifierCost()

@@ -12,6 +12,7 @@ import hmac
 from dataclasses import dataclass
 from typing import NewType
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -139,3 +140,43 @@ class Keypair:
 
     def __hash__(self) -> int:
         return hash(self.public_key.raw)
+
+
+WELL_KNOWN_NAMES = ("alice", "bob", "charlie", "dave", "eve", "ferdie")
+"""Substrate's well-known development accounts; ours derive from the name (``Keypair.dev``)."""
+DEV_CHAIN_TYPES = ("Development", "Local")
+"""Chain types on which well-known keys may sign (a spec's ``chainType``)."""
+
+
+def well_known_name(address: Address) -> str | None:
+    """``//name`` if ``address`` is a well-known development key (its secret is public)."""
+    for name in WELL_KNOWN_NAMES:
+        if Keypair.dev(name).address == address:
+            return f"//{name}"
+    return None
+
+
+def refuse_well_known_key(key: Keypair, spec: str, chain_type: str, role: str) -> None:
+    """Raise InvalidKey (one line) for a ``//name`` or well-known key on a chain that is not
+    Development/Local: anyone can derive its secret and sign as the validator or admin."""
+    if chain_type in DEV_CHAIN_TYPES:
+        return
+    name = spec if spec.startswith("//") else well_known_name(key.address)
+    if name is not None:
+        raise InvalidKey(
+            f"{role} key {name} is a well-known development key (anyone can sign with it); "
+            f"this chain is {chain_type!r}: use a key file from `deltachain key generate`"
+        )
+
+
+def is_valid_public_key(raw: bytes) -> bool:
+    """A canonical ed25519 point of large prime order: a key some secret can sign for.
+
+    Small-order points (the identity among them) and non-canonical encodings are refused, so
+    no address can be registered that nobody — or everybody — can sign for.
+    """
+    return (
+        isinstance(raw, bytes)
+        and len(raw) == PUBLIC_KEY_LEN
+        and bool(nacl.bindings.crypto_core_ed25519_is_valid_point(raw))
+    )

@@ -8,6 +8,7 @@ existing key file is never replaced, not even by a writer racing us.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import tempfile
@@ -21,6 +22,27 @@ import nacl.utils
 
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.errors import InvalidKey, KeystoreError
+
+log = logging.getLogger("deltachain.keystore")
+
+
+def warn_if_exposed(path: Path, what: str) -> bool:
+    """Log one warning line if ``path`` is readable by group or others; True if it is."""
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError:
+        return False
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "%s %s is readable by other users (mode %o); run `chmod 600 %s`",
+            what,
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
+        return True
+    return False
+
 
 KEYSTORE_VERSION = 1
 MAX_KEYFILE_SIZE = 64 * 1024
@@ -143,6 +165,7 @@ def read_key_file(path: Path, password: str | None) -> Keypair:
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             raise KeystoreError(f"{path} is not a regular file")
+        warn_if_exposed(path, "key file")
         with path.open("rb") as fh:
             raw = fh.read(MAX_KEYFILE_SIZE + 1)
         if len(raw) > MAX_KEYFILE_SIZE:

@@ -22,20 +22,38 @@ from typing import Any
 import numpy as np
 
 from deltachain import __version__
-from deltachain.chain import construct_runtime
-from deltachain.crypto.keys import Keypair, address_to_str, parse_address
-from deltachain.crypto.keystore import encrypt_key, plain_key, read_key_file, write_key_file
+from deltachain.chain import construct_runtime, genesis_header
+from deltachain.crypto.keys import (
+    Keypair,
+    address_to_str,
+    parse_address,
+    refuse_well_known_key,
+)
+from deltachain.crypto.keystore import (
+    encrypt_key,
+    plain_key,
+    read_key_file,
+    warn_if_exposed,
+    write_key_file,
+)
 from deltachain.errors import DeltachainError, KeystoreError
 from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
 from deltachain.node.metrics import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
 from deltachain.node.rpc import (
+    BODY_TIMEOUT,
+    DEFAULT_CORS,
+    IDLE_TIMEOUT,
     MAX_CONNECTIONS,
+    MAX_RESPONSE,
+    MAX_SOCKETS,
+    MAX_SOCKETS_PER_IP,
     MAX_SUBSCRIPTIONS,
     RPC_METHODS_POLICIES,
     RpcError,
     RpcLimits,
     block_json,
     header_json,
+    parse_cors,
     to_json,
     unhex,
 )
@@ -65,7 +83,11 @@ def default_base_path(chain_id: str) -> Path:
 
 def read_password(password_file: str | None, *, confirm: bool = False) -> str | None:
     if password_file:
-        return Path(password_file).read_text().rstrip("\n")
+        warn_if_exposed(Path(password_file), "password file")
+        try:
+            return Path(password_file).read_text().rstrip("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeystoreError(f"cannot read password file {password_file}: {exc}") from None
     if "DELTACHAIN_PASSWORD" in os.environ:
         return os.environ["DELTACHAIN_PASSWORD"]
     if not sys.stdin.isatty():
@@ -173,6 +195,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     key = None
     if args.key:
         key = load_key(args.key, args.password_file)
+        refuse_well_known_key(key, args.key, spec.chain_type, "validator")
     elif args.dev or args.validator:
         key = Keypair.dev("alice") if args.dev else None
         if key is None:
@@ -200,6 +223,14 @@ def cmd_node(args: argparse.Namespace) -> int:
         rpc_limits=RpcLimits(
             max_connections=args.rpc_max_connections,
             max_subscriptions=args.rpc_max_subscriptions_per_connection,
+            max_response=args.rpc_max_response_size << 20,
+            max_sockets=args.rpc_max_sockets,
+            max_sockets_per_ip=args.rpc_max_sockets_per_ip,
+            body_timeout=args.rpc_body_timeout,
+            idle_timeout=args.rpc_idle_timeout,
+            rate_limit=args.rpc_rate_limit,
+            rate_limit_per_ip=args.rpc_rate_limit_per_ip,
+            cors=args.rpc_cors,
         ),
         prometheus_host="0.0.0.0" if args.prometheus_external else "127.0.0.1",  # noqa: S104
         prometheus_port=None if args.no_prometheus else args.prometheus_port,
@@ -285,6 +316,8 @@ def send_call(
     Extrinsic), or by polling if the endpoint has no WebSocket."""
     client = connect(args)
     key = load_key(args.key, args.password_file)
+    chain_type = client.call("system_chainType")
+    refuse_well_known_key(key, args.key, str(chain_type), "signing")
     genesis = _hash(client.call("chain_getGenesisHash"))
     nonce = client.call("system_accountNextIndex", address_to_str(key.address))
     tx = sign_transaction(key, genesis, nonce, module, function, call_args)
@@ -718,6 +751,13 @@ def cmd_light_sync(args: argparse.Namespace) -> int:
         transport = HttpTransport(args.rpc, timeout=args.timeout)
     started = time.monotonic()
     try:
+        if client is None and args.chain and not args.genesis:
+            # the spec gives genesis and the first set: nothing about the start comes from the
+            # node (which may have pruned its genesis state anyway)
+            spec = load_chain_spec(Path(args.chain))
+            client = LightClient.from_genesis(
+                genesis, spec.authorities, genesis_header=genesis_header(spec)
+            )
         if client is None:
             remote = RemoteLightClient.bootstrap(genesis, transport)
         else:
@@ -772,9 +812,37 @@ def cmd_vectors(args: argparse.Namespace) -> int:
 
 def _positive_int(text: str) -> int:
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    if not 1 <= value <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"must be in 1..{1 << 30}, not {value}")
     return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.1 <= value <= 3600:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be 0.1..3600 seconds, not {text}")
+    return value
+
+
+def _megabytes(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"must be 1..1024 (MiB), not {value}")
+    return value
+
+
+def _cors(text: str) -> tuple[str, ...] | None:
+    try:
+        return parse_cors(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -794,7 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--password-file")
     node.add_argument("--name", default="deltachain", help="node name shown to peers and in RPC")
     node.add_argument("--rpc-host", default="127.0.0.1")
-    node.add_argument("--rpc-port", type=int, default=9944)
+    node.add_argument("--rpc-port", type=_port, default=9944)
     node.add_argument(
         "--rpc-methods",
         choices=RPC_METHODS_POLICIES,
@@ -812,8 +880,65 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
     )
     node.add_argument(
+        "--rpc-cors",
+        type=_cors,
+        default=DEFAULT_CORS,
+        metavar="ORIGINS",
+        help="browser origins allowed to call RPC, comma-separated scheme://host[:port|:*], or "
+        "`all` (default: localhost and 127.0.0.1 pages only); unsafe methods always need a "
+        "local page or no Origin",
+    )
+    node.add_argument(
+        "--rpc-rate-limit",
+        type=_positive_int,
+        metavar="CALLS",
+        help="calls a minute per connection (default: no limit)",
+    )
+    node.add_argument(
+        "--rpc-rate-limit-per-ip",
+        type=_positive_int,
+        metavar="CALLS",
+        help="calls a minute per client IP over all its connections (default: no limit)",
+    )
+    node.add_argument(
+        "--rpc-max-response-size",
+        type=_megabytes,
+        default=MAX_RESPONSE >> 20,
+        metavar="MIB",
+        help="reply budget per request and per batch (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-max-sockets",
+        type=_positive_int,
+        default=MAX_SOCKETS,
+        metavar="N",
+        help="open RPC sockets, idle included; at most half the fd limit (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-max-sockets-per-ip",
+        type=_positive_int,
+        default=MAX_SOCKETS_PER_IP,
+        metavar="N",
+        help="open RPC sockets per client IP (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-body-timeout",
+        type=_seconds,
+        default=BODY_TIMEOUT,
+        metavar="SECONDS",
+        help="a request body must arrive within this (default %(default)s)",
+    )
+    node.add_argument(
+        "--rpc-idle-timeout",
+        type=_seconds,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close connections without a complete request (headers included) after this "
+        "(default %(default)s)",
+    )
+    node.add_argument(
         "--prometheus-port",
-        type=int,
+        type=_port,
         default=DEFAULT_PROMETHEUS_PORT,
         help="serve Prometheus metrics on this port at /metrics (default %(default)s)",
     )
@@ -854,7 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a transaction found invalid stays refused (default %(default)s)",
     )
-    node.add_argument("--port", type=int, help="p2p port (default 30333; 0 = any free port)")
+    node.add_argument("--port", type=_port, help="p2p port (default 30333; 0 = any free port)")
     node.add_argument("--listen-host", default="127.0.0.1", help="p2p listen address")
     node.add_argument("--bootnodes", nargs="*", help="peer multiaddrs /ip4/…/tcp/…/p2p/<id>")
     node.add_argument(

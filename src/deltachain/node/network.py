@@ -15,7 +15,9 @@ whose methods are called on the node's asyncio loop:
   node's loop. A protocol registered ``open=True`` (the light-client protocol) is served to any
   peer, even with ``reserved_only``: such an outsider may stay connected while it keeps asking
   (``OUTSIDER_IDLE`` seconds, at most ``MAX_OUTSIDERS`` of them) and never counts as a peer for
-  gossip or sync.
+  gossip or sync. Every non-reserved peer gets ``OPEN_REQUESTS_PER_MINUTE`` requests a minute
+  on open protocols; beyond that it is answered with an error status without asking the chain
+  thread.
 
 Hand-offs: into trio with ``TrioToken.run_sync_soon``; back into asyncio with
 ``loop.call_soon_threadsafe`` and ``asyncio.run_coroutine_threadsafe``.
@@ -75,6 +77,7 @@ import trio
 from google.protobuf.message import DecodeError
 
 from deltachain.errors import DeltachainError, InvalidKey, NetworkError, RequestTooLarge
+from deltachain.node.ratelimit import KeyedBuckets
 from deltachain.p2p.host import exchange, key_pair, peer_id_from_seed, unblock
 from deltachain.p2p.wire import (
     STATUS_ERROR,
@@ -146,6 +149,10 @@ EQUIVOCATION_MEMORY = 4096
 # Peers outside the reserved set that use an open protocol (light clients).
 OUTSIDER_IDLE = 30.0
 MAX_OUTSIDERS = 64
+OPEN_REQUESTS_PER_MINUTE = 3000
+"""Requests a minute one non-reserved peer may make on open protocols (the light protocol):
+50/s sustained serves a whole device fleet behind one ``P2pTransport``, yet bounds what one
+peer id can put on the chain thread."""
 
 
 # --- configuration and values ---------------------------------------------------------------
@@ -404,6 +411,10 @@ class Network:
         self._open: set[str] = set()
         # outsiders (not reserved) using an open protocol -> trio time of their last request
         self._outsiders: dict[ID, float] = {}
+        # open-protocol request budgets of non-reserved peers (trio thread only)
+        self.open_requests_per_minute = OPEN_REQUESTS_PER_MINUTE
+        self._open_budgets = KeyedBuckets(OPEN_REQUESTS_PER_MINUTE)
+        self.rate_limited = 0
 
         self.inbound: asyncio.Queue[GossipMessage] = asyncio.Queue(INBOUND_QUEUE_SIZE)
         self.dropped = 0
@@ -957,6 +968,17 @@ class Network:
         self._outsiders[peer] = trio.current_time()
         return True
 
+    def _within_budget(self, peer: ID, protocol: str) -> bool:
+        """Non-reserved peers get ``open_requests_per_minute`` on open protocols."""
+        if protocol not in self._open or peer in self._allowed:
+            return True
+        if self._open_budgets.per_minute != self.open_requests_per_minute:
+            self._open_budgets = KeyedBuckets(self.open_requests_per_minute)
+        if self._open_budgets.take(peer):
+            return True
+        self.rate_limited += 1
+        return False
+
     async def _answer(self, protocol: str, peer: ID, stream: INetStream) -> tuple[int, bytes]:
         cap = self.config.max_frame_bytes
         try:
@@ -964,6 +986,11 @@ class Network:
                 request = await read_frame(stream, self._request_caps.get(protocol, cap), "request")
         except RequestTooLarge as exc:
             return STATUS_TOO_LARGE, str(exc).encode()
+        if not self._within_budget(peer, protocol):
+            return STATUS_ERROR, (
+                f"rate limited: {self.open_requests_per_minute} requests a minute per peer on "
+                f"{protocol}; slow down"
+            ).encode()
         handler = self._handlers[protocol]
         loop = self._loop
         if loop is None:

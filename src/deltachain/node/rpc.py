@@ -8,6 +8,13 @@ service updates after each block import and finalization.
 Binary values are 0x-hex. Errors use the standard codes; a rejected transaction answers with
 application code 1010 (Substrate's "invalid transaction") or 1011 (pool rejected) and the
 one-line reason. Every method, code and limit is documented in ``docs/rpc.md``.
+
+Hardening (issue 12): a browser ``Origin`` outside ``--rpc-cors`` is refused (403) and a
+non-local Origin never reaches an unsafe method; bodies must arrive within ``body_timeout``;
+idle or half-sent connections close after ``idle_timeout``; open sockets are capped in total
+and per IP (:class:`_GuardedSite`); calls are rate limited per connection and per IP; replies
+have a size budget per request and per batch; deep JSON and bad ids are refused before
+dispatch, and every number a method takes is range-checked.
 """
 
 from __future__ import annotations
@@ -17,14 +24,21 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
+import re
+import resource
 import secrets
 import threading
+import time
+import urllib.parse
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from aiohttp import WSMsgType, web
+from aiohttp.web_protocol import RequestHandler
 
 from deltachain import __version__
 from deltachain.crypto.keys import address_to_str, parse_address
@@ -40,6 +54,7 @@ from deltachain.model_state.module import ModelStateModule, key_chunk
 from deltachain.node import queries
 from deltachain.node.chain import Chain
 from deltachain.node.metrics import NodeMetrics
+from deltachain.node.ratelimit import KeyedBuckets, TokenBucket
 from deltachain.node.storage import Storage
 from deltachain.primitives.block import Block, Header
 from deltachain.primitives.transaction import SignedTransaction
@@ -58,9 +73,12 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 TOO_MANY_SUBSCRIPTIONS = -32006
 OVERSIZED_REQUEST = -32007
+OVERSIZED_RESPONSE = -32008
 SERVER_BUSY = -32009
 BATCH_TOO_LARGE = -32010
 """Limit codes as jsonrpsee (Substrate's RPC server) uses them."""
+RATE_LIMITED = -32029
+"""Over ``--rpc-rate-limit`` / ``--rpc-rate-limit-per-ip`` (calls a minute)."""
 INVALID_TRANSACTION = 1010
 POOL_REJECTED = 1011
 NOT_FOUND = 4004
@@ -72,7 +90,34 @@ UNSAFE_MESSAGE = "RPC call is unsafe to be called externally"
 MAX_BODY = 2 << 20
 MAX_BATCH = 64
 MAX_CONNECTIONS = 100
+"""Requests being answered at once (HTTP calls whose body has arrived, plus WebSockets)."""
 MAX_SUBSCRIPTIONS = 1024
+MAX_RESPONSE = 10 << 20
+"""Bytes of JSON one request — or one whole batch — may answer (Substrate's default, 10 MiB)."""
+MAX_SOCKETS = 1024
+"""Open TCP connections, idle ones included; also kept at or below half the fd limit."""
+MAX_SOCKETS_PER_IP = 128
+BODY_TIMEOUT = 5.0
+"""Seconds a request body may take to arrive, from the end of its headers (slowloris)."""
+IDLE_TIMEOUT = 30.0
+"""Seconds a connection may sit without a complete request (headers included) before it is
+closed; WebSockets are kept alive by their pings instead."""
+LINGER = 1.0
+"""Seconds aiohttp keeps reading an unread body after answering (413, 408) before closing;
+its default of 10 s would let a refused slow body hold the socket that much longer."""
+MAX_JSON_DEPTH = 32
+"""Nesting deeper than this is refused (-32700) before the body is parsed."""
+MAX_INT = (1 << 63) - 1
+"""The largest block number, version, index or offset a method accepts (SQLite's INTEGER)."""
+DEFAULT_CORS = (
+    "http://localhost:*",
+    "http://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://localhost:*",
+    "https://127.0.0.1:*",
+    "https://[::1]:*",
+)
+"""Browser origins allowed by default (Substrate's list, without polkadot.js.org)."""
 MAX_PROOF_KEYS = 256
 MAX_WEIGHTS_PAGE = {"raw": 1 << 18, "float": 1 << 16}
 MAX_QUEUED_EVENTS = 4096
@@ -83,6 +128,12 @@ ROUTE_LIMIT = 256
 RPC_METHODS_POLICIES = ("auto", "safe", "unsafe")
 
 
+def fd_socket_cap() -> int:
+    """Half the process's soft fd limit: sockets must never starve storage and p2p of fds."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_SOCKETS if soft == resource.RLIM_INFINITY else max(16, soft // 2)
+
+
 @dataclass(frozen=True)
 class RpcLimits:
     max_body: int = MAX_BODY
@@ -90,6 +141,170 @@ class RpcLimits:
     max_connections: int = MAX_CONNECTIONS
     max_subscriptions: int = MAX_SUBSCRIPTIONS
     """Per connection."""
+    max_response: int = MAX_RESPONSE
+    max_sockets: int = MAX_SOCKETS
+    max_sockets_per_ip: int = MAX_SOCKETS_PER_IP
+    body_timeout: float = BODY_TIMEOUT
+    idle_timeout: float = IDLE_TIMEOUT
+    rate_limit: int | None = None
+    """Calls a minute per connection (polkadot-sdk's ``--rpc-rate-limit``); None: no limit."""
+    rate_limit_per_ip: int | None = None
+    """Calls a minute per client IP, over all its connections; None: no limit."""
+    cors: tuple[str, ...] | None = DEFAULT_CORS
+    """Allowed browser origins (``scheme://host[:port|:*]``); None: any (``--rpc-cors all``)."""
+
+
+# --- origins ----------------------------------------------------------------------------------
+
+_ORIGIN_PATTERN = re.compile(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:(\*|[0-9]{1,5}))?$")
+
+
+def parse_cors(value: str) -> tuple[str, ...] | None:
+    """``all`` → None (any origin); else comma-separated ``scheme://host[:port|:*]`` origins.
+
+    Raises ValueError naming the first origin that is not one.
+    """
+    if value.strip().lower() == "all":
+        return None
+    origins = tuple(o.strip().lower().rstrip("/") for o in value.split(",") if o.strip())
+    for origin in origins:
+        if not _ORIGIN_PATTERN.match(origin):
+            raise ValueError(
+                f"{origin!r} is not an origin: use scheme://host[:port], :* for any port, or `all`"
+            )
+    return origins
+
+
+def origin_allowed(origin: str, allowed: tuple[str, ...] | None) -> bool:
+    """Whether a browser ``Origin`` header value matches ``--rpc-cors``."""
+    if allowed is None:
+        return True
+    origin = origin.strip().lower()
+    found = _ORIGIN_PATTERN.match(origin)
+    if found is None:
+        return False  # "null" (sandboxed pages, file://) and anything malformed
+    scheme_host = f"{found.group(1)}://{found.group(2)}"
+    for pattern in allowed:
+        if pattern == origin:
+            return True
+        if pattern.endswith(":*") and pattern[:-2] == scheme_host:
+            return True
+    return False
+
+
+def is_local_origin(origin: str) -> bool:
+    """A page served from this machine (http(s)://localhost, 127.0.0.1, [::1])."""
+    try:
+        parts = urllib.parse.urlsplit(origin.strip())
+        host = parts.hostname
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and host is not None and is_loopback(host)
+
+
+# --- sockets ----------------------------------------------------------------------------------
+
+_REFUSED = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class _SocketGuard:
+    """Counts open RPC sockets, in total and per IP; event-loop thread only."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total = total
+        self.per_ip = per_ip
+        self.open = 0
+        self.by_ip: dict[str, int] = {}
+        self.refused = 0
+        self._reported = -60.0
+
+    def admit(self, ip: str) -> bool:
+        if self.open >= self.total or self.by_ip.get(ip, 0) >= self.per_ip:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._reported >= 60.0:  # one line a minute, however hard the flood
+                self._reported = now
+                log.warning(
+                    "RPC refused connections over its socket caps (%d open of %d, %s has %d of "
+                    "%d); %d refused so far",
+                    self.open,
+                    self.total,
+                    ip,
+                    self.by_ip.get(ip, 0),
+                    self.per_ip,
+                    self.refused,
+                )
+            return False
+        self.open += 1
+        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
+        return True
+
+    def release(self, ip: str) -> None:
+        self.open -= 1
+        left = self.by_ip.get(ip, 1) - 1
+        if left > 0:
+            self.by_ip[ip] = left
+        else:
+            self.by_ip.pop(ip, None)
+
+
+class _GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, refusing a socket over the total or per-IP cap at once."""
+
+    __slots__ = ("_admitted_ip", "_guard")
+    _guard: _SocketGuard
+    _admitted_ip: str | None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self._admitted_ip = None
+        if not self._guard.admit(ip):
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(_REFUSED)
+            transport.close()
+            return
+        self._admitted_ip = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        ip = getattr(self, "_admitted_ip", None)
+        if ip is not None:
+            self._admitted_ip = None
+            self._guard.release(ip)
+        super().connection_lost(exc)
+
+
+class _GuardedSite(web.TCPSite):
+    """A TCP site whose connections go through a :class:`_SocketGuard`.
+
+    aiohttp has no hook at accept time, so this builds the server's ``RequestHandler`` itself
+    (as ``web.Server.__call__`` does, from its ``_kwargs``); checked against aiohttp 3.14, and
+    ``tests/test_rpc_hardening.py`` fails if a later aiohttp changes that.
+    """
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, guard: _SocketGuard) -> None:
+        super().__init__(runner, host, port, shutdown_timeout=5.0)
+        self.guard = guard
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        if server is None:
+            raise RuntimeError("call runner.setup() first")
+        guard = self.guard
+
+        def factory() -> RequestHandler:
+            handler = _GuardedHandler(server, loop=loop, **server._kwargs)
+            handler._guard = guard
+            return handler
+
+        self._server = await loop.create_server(
+            factory, self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
+        sockets = self._server.sockets
+        self._bound_port = int(sockets[0].getsockname()[1]) if sockets else self._port
 
 
 class RpcError(Exception):
@@ -151,10 +366,34 @@ def block_json(block: Block) -> dict[str, Any]:
     }
 
 
-def _int_param(value: Any, what: str, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise RpcError(INVALID_PARAMS, f"{what} must be an integer ≥ {minimum}")
+def _int_param(value: Any, what: str, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise RpcError(INVALID_PARAMS, f"{what} must be an integer in {minimum}..{maximum}")
     return value
+
+
+def valid_id(value: Any) -> bool:
+    """JSON-RPC ids are strings, integers, finite numbers or null — never bools, NaN or ∞."""
+    if value is None or isinstance(value, str):
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, float) and math.isfinite(value)
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(body: bytes) -> int:
+    """The deepest ``[``/``{`` nesting in a JSON text, strings skipped, without parsing it
+    (0 when there are too few brackets to matter)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # too few brackets to nest too deep: not worth the scan
+    bare = np.frombuffer(_STRINGS.sub(b"", body), dtype=np.uint8)
+    step = (np.isin(bare, (0x5B, 0x7B)).astype(np.int64)) - np.isin(bare, (0x5D, 0x7D))
+    return int(np.cumsum(step).max(initial=0))
 
 
 def _str_param(params: list[Any], index: int, what: str) -> str:
@@ -334,13 +573,16 @@ class _Session:
 
     async def send(self, obj: Any) -> None:
         async with self.send_lock:
-            await self.ws.send_str(json.dumps(obj))
+            await self.ws.send_str(obj if isinstance(obj, str) else json.dumps(obj))
 
 
 @dataclass(frozen=True)
 class _Caller:
     allow_unsafe: bool
     session: _Session | None = None
+    ip: str | None = None
+    bucket: TokenBucket | None = None
+    """This connection's rate-limit bucket (None: no per-connection limit)."""
 
 
 _LOG_LEVELS = {
@@ -389,6 +631,18 @@ class RpcServer:
         self._subscriptions = 0
         self._sessions: set[_Session] = set()
         self._log_levels: dict[str, int] = {}
+        self._ip_buckets = (
+            None
+            if self.limits.rate_limit_per_ip is None
+            else KeyedBuckets(self.limits.rate_limit_per_ip, max_keys=4 * self.limits.max_sockets)
+        )
+        self._conn_buckets: weakref.WeakKeyDictionary[Any, TokenBucket] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._slow_bodies = 0
+        self.guard = _SocketGuard(
+            min(self.limits.max_sockets, fd_socket_cap()), self.limits.max_sockets_per_ip
+        )
         self.methods: dict[str, Handler] = {
             "rpc_methods": self._rpc_methods,
             "system_name": self._const("deltachain"),
@@ -649,9 +903,12 @@ class RpcServer:
         if len(params) not in (2, 3) or not all(isinstance(p, str) for p in params[:2]):
             raise RpcError(INVALID_PARAMS, "expected [module, query, {args}]")
         args = dict(params[2]) if len(params) == 3 and isinstance(params[2], dict) else {}
+        for name, value in args.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                _int_param(value, name)  # every number a query takes is a u63
         if "address" in args:
             try:
-                args["address"] = parse_address(args["address"])
+                args["address"] = parse_address(_str_param([args["address"]], 0, "address"))
             except InvalidKey as exc:
                 raise RpcError(INVALID_PARAMS, str(exc)) from None
         module = self.chain.runtime.modules.get(params[0])
@@ -767,7 +1024,7 @@ class RpcServer:
         """One request object → its response (None for a notification)."""
         caller = caller or _Caller(allow_unsafe=self.rpc_methods == "unsafe")
         req_id = request.get("id") if isinstance(request, dict) else None
-        if not isinstance(req_id, str | int | float | None) or isinstance(req_id, bool):
+        if not valid_id(req_id):
             req_id = None
         method = request.get("method") if isinstance(request, dict) else None
         notification = (
@@ -816,43 +1073,151 @@ class RpcServer:
             error = {"jsonrpc": "2.0", "id": req_id, "result": to_json(result)}
         return None if notification else error  # a notification gets no response
 
-    async def handle_payload(self, body: bytes | str, caller: _Caller) -> Any:
-        """A request body (object or batch) → the reply to send, or None to send nothing."""
+    def _rate_limited(self, caller: _Caller, calls: int) -> str | None:
+        """Take ``calls`` from the caller's connection and IP buckets; the refusal, if any."""
+        limits = self.limits
+        if limits.rate_limit is not None and caller.bucket and not caller.bucket.take(calls):
+            return f"rate limit: {limits.rate_limit} calls a minute per connection; slow down"
+        if (
+            self._ip_buckets is not None
+            and caller.ip is not None
+            and not self._ip_buckets.take(caller.ip, calls)
+        ):
+            return f"rate limit: {limits.rate_limit_per_ip} calls a minute per IP; slow down"
+        return None
+
+    def _encode(self, reply: dict[str, Any], budget: int) -> str:
+        """One reply as JSON within ``budget`` bytes, else that request's -32008 error."""
         try:
-            payload = json.loads(body)
-        except ValueError:
-            return _error(None, PARSE_ERROR, "parse error: the body is not valid JSON")
-        if isinstance(payload, list):
-            if not payload:
-                return _error(None, INVALID_REQUEST, "empty batch")
-            if len(payload) > self.limits.max_batch:
-                return _error(
+            text = json.dumps(reply, allow_nan=False)
+        except ValueError:  # NaN or infinity in a result: a bug, but never invalid JSON out
+            log.error("RPC reply for id %r is not valid JSON (NaN or infinity)", reply.get("id"))
+            return json.dumps(_error(reply.get("id"), INTERNAL_ERROR, "internal error"))
+        if len(text) > budget:
+            text = json.dumps(
+                _error(
+                    reply.get("id"),
+                    OVERSIZED_RESPONSE,
+                    f"response over the {self.limits.max_response}-byte budget (per request and "
+                    "per batch); ask for less (a smaller page, fewer keys, a smaller batch)",
+                )
+            )
+        return text
+
+    async def handle_payload(self, body: bytes | str, caller: _Caller) -> str | None:
+        """A request body (object or batch) → the JSON text to send, or None to send nothing."""
+        raw = body.encode() if isinstance(body, str) else body
+        if json_depth(raw) > MAX_JSON_DEPTH:
+            return json.dumps(
+                _error(None, PARSE_ERROR, f"parse error: JSON nested over {MAX_JSON_DEPTH} deep")
+            )
+        try:
+            payload = json.loads(raw)
+        except (ValueError, RecursionError):
+            return json.dumps(_error(None, PARSE_ERROR, "parse error: the body is not valid JSON"))
+        batch = isinstance(payload, list)
+        items = payload if isinstance(payload, list) else [payload]
+        if batch and not items:
+            return json.dumps(_error(None, INVALID_REQUEST, "empty batch"))
+        if len(items) > self.limits.max_batch:
+            return json.dumps(
+                _error(
                     None,
                     BATCH_TOO_LARGE,
-                    f"batch of {len(payload)} requests is over the limit of "
-                    f"{self.limits.max_batch}",
+                    f"batch of {len(items)} requests is over the limit of {self.limits.max_batch}",
                 )
-            replies = [r for r in [await self.dispatch(item, caller) for item in payload] if r]
-            return replies or None
-        return await self.dispatch(payload, caller)
+            )
+        refused = self._rate_limited(caller, len(items))
+        if refused is not None:
+            return json.dumps(_error(None, RATE_LIMITED, refused))
+        budget = self.limits.max_response
+        parts: list[str] = []
+        for item in items:
+            reply = await self.dispatch(item, caller)
+            if reply is None:
+                continue
+            text = self._encode(reply, budget)
+            budget = max(0, budget - len(text))
+            parts.append(text)
+        if not parts:
+            return None
+        return "[" + ",".join(parts) + "]" if batch else parts[0]
 
     # --- HTTP --------------------------------------------------------------------------------
 
+    def origin_refusal(self, request: web.Request) -> web.Response | None:
+        """403 for a browser ``Origin`` outside ``--rpc-cors`` (before any body is read)."""
+        origin = request.headers.get("Origin")
+        if origin is None or origin_allowed(origin, self.limits.cors):
+            return None
+        return _http_error(
+            INVALID_REQUEST,
+            f"origin {origin[:100]!r} is not allowed; the node operator can add it with --rpc-cors",
+            403,
+        )
+
+    def caller_for(self, request: web.Request, session: _Session | None = None) -> _Caller:
+        """Unsafe methods need the policy to allow the TCP peer *and* no foreign page behind it:
+        a browser request from a non-local Origin never reaches them."""
+        origin = request.headers.get("Origin")
+        allow = self.allows_unsafe(request.remote) and (origin is None or is_local_origin(origin))
+        bucket = None
+        if self.limits.rate_limit is not None:
+            key: Any = session if session is not None else request.transport
+            if key is not None:
+                bucket = self._conn_buckets.get(key)
+                if bucket is None:
+                    bucket = self._conn_buckets[key] = TokenBucket(self.limits.rate_limit)
+        return _Caller(allow, session, request.remote, bucket)
+
+    def _cors_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+
+    async def handle_options(self, request: web.Request) -> web.StreamResponse:
+        """CORS preflight: allowed origins may POST JSON."""
+        refused = self.origin_refusal(request)
+        if refused is not None:
+            return refused
+        response = web.Response(status=204)
+        self._cors_headers(request, response)
+        response.headers["Access-Control-Allow-Methods"] = "POST, GET, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "content-type"
+        response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
     async def handle_http(self, request: web.Request) -> web.StreamResponse:
+        refused = self.origin_refusal(request)
+        if refused is not None:
+            return refused
+        limit = self.limits.max_body
+        if request.content_length is not None and request.content_length > limit:
+            return _http_error(OVERSIZED_REQUEST, f"request body over {limit} bytes", 413)
+        try:
+            # the body must arrive in time; a request still sending it holds no call slot
+            body = await asyncio.wait_for(request.read(), self.limits.body_timeout)
+        except web.HTTPRequestEntityTooLarge:
+            return _http_error(OVERSIZED_REQUEST, f"request body over {limit} bytes", 413)
+        except TimeoutError:
+            self._slow_bodies += 1
+            late = f"request body not received within {self.limits.body_timeout} s"
+            response = _http_error(INVALID_REQUEST, late, 408)
+            response.force_close()
+            return response
         if self._connections >= self.limits.max_connections:
             return _http_error(SERVER_BUSY, "server is busy (too many connections)", 503)
         self._connection_opened()
         try:
-            limit = self.limits.max_body
-            if request.content_length is not None and request.content_length > limit:
-                return _http_error(OVERSIZED_REQUEST, f"request body over {limit} bytes", 413)
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                return _http_error(OVERSIZED_REQUEST, f"request body over {limit} bytes", 413)
-            caller = _Caller(self.allows_unsafe(request.remote))
-            reply = await self.handle_payload(body, caller)
-            return web.json_response(reply) if reply is not None else web.Response(status=204)
+            reply = await self.handle_payload(body, self.caller_for(request))
+            response = (
+                web.Response(text=reply, content_type="application/json")
+                if reply is not None
+                else web.Response(status=204)
+            )
+            self._cors_headers(request, response)
+            return response
         finally:
             self._connection_closed()
 
@@ -879,17 +1244,21 @@ class RpcServer:
                 "use HTTP POST for JSON-RPC, or open a WebSocket on this URL",
                 405,
             )
+        refused = self.origin_refusal(request)
+        if refused is not None:
+            return refused
         if self._connections >= self.limits.max_connections:
             return _http_error(SERVER_BUSY, "server is busy (too many connections)", 503)
         self._connection_opened()
-        session = _Session(ws, self.allows_unsafe(request.remote))
+        session = _Session(ws, False)
+        caller = self.caller_for(request, session)
+        session.allow_unsafe = caller.allow_unsafe
         self._sessions.add(session)
         try:
             await ws.prepare(request)
             async for message in ws:
                 if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break
-                caller = _Caller(session.allow_unsafe, session)
                 reply = await self.handle_payload(message.data, caller)
                 if reply is not None:
                     await session.send(reply)
@@ -1065,9 +1434,24 @@ class RpcServer:
         app = web.Application(client_max_size=self.limits.max_body)
         app.router.add_post("/", self.handle_http)
         app.router.add_get("/", self.handle_get)
+        app.router.add_route("OPTIONS", "/", self.handle_options)
         app.router.add_get("/health", self.handle_health)
         app.on_shutdown.append(self._close_sessions)
         return app
+
+    def runner(self) -> web.AppRunner:
+        """The app's runner; ``idle_timeout`` also bounds how long headers may take, and a
+        body refused unread is drained for at most ``LINGER`` s."""
+        return web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.limits.idle_timeout,
+            lingering_time=LINGER,
+        )
+
+    def site(self, runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
+        """A listening site whose sockets are capped in total and per IP."""
+        return _GuardedSite(runner, host, port, self.guard)
 
 
 def _error(req_id: Any, code: int, message: str) -> dict[str, Any]:

@@ -275,7 +275,7 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
         rpc_methods=config.rpc_methods,
         limits=config.rpc_limits,
     )
-    runner = web.AppRunner(rpc.app(), access_log=None)
+    runner = rpc.runner()
     prometheus = web.AppRunner(
         MetricsServer(metrics, service.refresh_metrics).app(), access_log=None
     )
@@ -283,9 +283,7 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
         await run(events.update, chain.storage)
         await runner.setup()
         try:
-            await web.TCPSite(
-                runner, config.rpc_host, config.rpc_port, shutdown_timeout=5.0
-            ).start()
+            await rpc.site(runner, config.rpc_host, config.rpc_port).start()
         except OSError as exc:
             raise DeltachainError(
                 f"cannot listen for JSON-RPC on {config.rpc_host}:{config.rpc_port} "

@@ -35,6 +35,8 @@ DB_FILE = "chain.sqlite"
 LOCK_FILE = "chain.sqlite.lock"
 PRUNE_DEPTH = 256
 """States older than finalized − PRUNE_DEPTH are pruned unless the node runs with --archive."""
+MAX_HEIGHT = (1 << 63) - 1
+"""SQLite integers are signed 64-bit: no stored block is higher; larger asks find nothing."""
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -516,6 +518,7 @@ class Storage:
     def latest_justification(self, at_or_below: int | None = None) -> bytes:
         """The proof for the newest finalized canonical block (at or below a height)."""
         limit = self.finalized_header().number if at_or_below is None else at_or_below
+        limit = min(limit, MAX_HEIGHT)  # a peer may ask for any u64; SQLite holds i64
         row = self._conn.execute(
             "SELECT j.data FROM justifications j JOIN blocks b ON b.hash = j.hash "
             "JOIN canon c ON c.hash = j.hash WHERE b.number <= ? ORDER BY b.number DESC LIMIT 1",
@@ -611,6 +614,8 @@ class Storage:
         return self._conn.execute(q, (block_hash,)).fetchone() is not None
 
     def canonical_hash(self, number: int) -> Hash32:
+        if not 0 <= number <= MAX_HEIGHT:
+            raise NotFound(f"no canonical block at height {number}")
         row = self._conn.execute("SELECT hash FROM canon WHERE number=?", (number,)).fetchone()
         if row is None:
             raise NotFound(f"no canonical block at height {number}")
@@ -618,6 +623,8 @@ class Storage:
 
     def canonical_hashes(self, start: int = 0, limit: int = -1) -> Iterable[tuple[int, Hash32]]:
         """Canonical (number, hash) pairs from ``start``; ``limit`` caps them (-1: all)."""
+        if start > MAX_HEIGHT:
+            return []  # no block can be that high (a peer may ask for any u64)
         rows = self._conn.execute(
             "SELECT number, hash FROM canon WHERE number >= ? ORDER BY number LIMIT ?",
             (start, limit),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deltachain import codec
-from deltachain.crypto.keys import address_to_str, parse_address
+from deltachain.crypto.keys import address_to_str, is_valid_public_key, parse_address
 from deltachain.errors import (
     ChainSpecError,
     DecodeError,
@@ -127,6 +127,11 @@ class SystemModule(Module):
                 client = as_address(args["client"], "client")
             except DecodeError as exc:
                 raise InvalidCall(f"system.{function}: {exc}") from None
+            if function == "register_client" and not is_valid_public_key(client):
+                raise InvalidCall(
+                    f"system.register_client: {address_to_str(client)} is not an ed25519 key "
+                    "anyone can sign with (small-order or not a curve point)"
+                )
             return RegisterClient(client) if function == "register_client" else RevokeClient(client)
         if function == "remark":
             data = args.get("data")
@@ -163,7 +168,10 @@ class SystemModule(Module):
 
     def query(self, state: State, name: str, args: Mapping[str, Any]) -> Any:
         if name == "account":
-            who = args["address"]
+            raw = args.get("address")
+            if not isinstance(raw, bytes) or len(raw) != 32:
+                raise InvalidCall("system.account needs an address (0x and 64 hex digits)")
+            who = Address(raw)
             role = (
                 "admin"
                 if who == state.get(KEY_ADMIN)
