@@ -282,7 +282,9 @@ def test_kill_9_at_random_moments_loses_nothing(
         assert tx_count == len(included) >= KILLS // 2 * 2, context  # even rounds waited
     finally:
         chain.close()
-    assert time.monotonic() - started_at < 90, f"took {time.monotonic() - started_at:.0f} s"
+    # a guard against a hang, not a speed goal (those live in benchmarks/): generous on a
+    # loaded 2-core machine
+    assert time.monotonic() - started_at < 240, f"took {time.monotonic() - started_at:.0f} s"
 
 
 # --- clean shutdown --------------------------------------------------------------------------

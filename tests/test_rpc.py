@@ -247,11 +247,15 @@ def test_chain_methods(node: NodeProcess) -> None:
 
 def test_justifications_and_finality_proofs(node: NodeProcess) -> None:
     alice = Keypair.dev("alice")
-    head = call(node.url, "chain_getFinalizedHead")
-    raw = call(node.url, "chain_getJustification", head)
+    for _ in range(20):  # finality moves every slot: compare within one finalized head
+        head = call(node.url, "chain_getFinalizedHead")
+        raw = call(node.url, "chain_getJustification", head)
+        default = call(node.url, "chain_getJustification")  # default: the finalized head
+        if call(node.url, "chain_getFinalizedHead") == head:
+            break
     justification = Justification.decode(unhex(raw))
     assert justification.source.hash == unhex(head)
-    assert call(node.url, "chain_getJustification") == raw  # default: the finalized head
+    assert default == raw
     assert call(node.url, "chain_getJustification", call(node.url, "chain_getGenesisHash")) is None
     best = call(node.url, "chain_getHeader")["number"]
     for method in ("finality_proveFinality", "grandpa_proveFinality"):
@@ -696,7 +700,8 @@ def test_node_stops_promptly_with_an_open_websocket(tmp_path: Path) -> None:
                 await asyncio.to_thread(n.proc.wait, 10)
                 return time.monotonic() - started
 
-        assert asyncio.run(hold_open_and_stop()) < 4.0
+        # well under aiohttp's 60 s wait for open WebSockets; slack for a loaded machine
+        assert asyncio.run(hold_open_and_stop()) < 8.0
         assert "stopped cleanly" in n.log.read_text()
     finally:
         if n.proc.poll() is None:
