@@ -116,6 +116,7 @@ class Chain:
         self.fates: OrderedDict[Hash32, dict[str, object]] = OrderedDict()
         self._verified: OrderedDict[bytes, CheckedTransaction] = OrderedDict()
         self._finish_ratio = 1.0
+        self._next_expiry = 0.0
         self.outbox: deque[bytes] = deque()
         """Transactions this node accepted from its own users, for the node to gossip."""
         self._seals: dict[tuple[Slot, Address], Header] = {}
@@ -229,26 +230,41 @@ class Chain:
     def _persist(self, block: Block, output: BlockOutput, result: ImportResult) -> None:
         self._note_seal(block.header, result)
         make_best = self._preferred(block.header, self.storage.best_header())
-        retracted, _ = self.storage.import_block(
+        retracted, enacted = self.storage.import_block(
             block, output.diff, events_blob(output), make_best=make_best
         )
-        self._after_head_change(retracted, {tx.hash for tx in block.transactions})
+        if make_best:  # a block on a side branch changes nothing the pool depends on
+            self._after_head_change(retracted, [*enacted, block.hash], block)
         self._settle_finality(self.gadget.recheck(self.storage), result)
 
     def _after_head_change(
-        self, retracted: list[Hash32], included: set[Hash32] | None = None
+        self, retracted: list[Hash32], enacted: list[Hash32], new: Block | None = None
     ) -> None:
         """Keep the pool in step with the head: included transactions leave with their nonces
-        (``on_new_state``); those of a reorged-out branch come back if still valid."""
+        (``on_new_state``); those of a reorged-out branch come back if still valid. Only the
+        senders of the blocks that left or joined the best chain can have new nonces."""
         best = self.storage.best_hash()
         state = self.state_at(best)
+        senders: set[Address] = set()
+        included: set[Hash32] = set()
         for block_hash in retracted:
             for tx in self.storage.block(block_hash).transactions:
+                senders.add(tx.sender)
                 with contextlib.suppress(DeltachainError):
                     self._readmit(tx, state)
-        for tx_hash in self.pool.on_new_state(lambda who: system.get_nonce(state, who)):
-            if not (included and tx_hash in included) and not self._on_best_chain(tx_hash):
+        for block_hash in dict.fromkeys(enacted):
+            txs = new.transactions if new is not None and new.hash == block_hash else None
+            for tx in txs if txs is not None else self.storage.block(block_hash).transactions:
+                senders.add(tx.sender)
+                included.add(tx.hash)
+        dropped = self.pool.on_new_state(lambda who: system.get_nonce(state, who), senders)
+        for tx_hash in dropped:
+            if tx_hash not in included and not self._on_best_chain(tx_hash):
                 self._fate(tx_hash, "dropped", "its nonce was used by another transaction")
+        now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + 5.0
         for tx_hash in self.pool.expire_futures():
             self._fate(
                 tx_hash,
@@ -318,7 +334,7 @@ class Chain:
         top = max([best, *leaves], key=self._score)
         if top.hash == best.hash:
             return False
-        retracted, _ = self.storage.set_best(top.hash)
+        retracted, enacted = self.storage.set_best(top.hash)
         log.info(
             "reorg: head #%d 0x%s… → #%d 0x%s…",
             best.number,
@@ -326,7 +342,7 @@ class Chain:
             top.number,
             top.hash.hex()[:12],
         )
-        self._after_head_change(retracted)
+        self._after_head_change(retracted, enacted)
         return True
 
     # --- equivocation ----------------------------------------------------------------------

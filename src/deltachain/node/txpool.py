@@ -281,10 +281,14 @@ class TxPool:
             self.remove(expired)
         return expired
 
-    def on_new_state(self, account_nonce: Callable[[Address], int]) -> list[Hash32]:
-        """After a block: forget transactions whose nonce is used; future ones may become ready."""
+    def on_new_state(
+        self, account_nonce: Callable[[Address], int], senders: Iterable[Address] | None = None
+    ) -> list[Hash32]:
+        """After a block: forget transactions whose nonce is used; future ones may become ready.
+        ``senders``: only these accounts' nonces can have moved (default: every sender's)."""
         dropped: list[Hash32] = []
-        for sender in list(self._by_sender):
+        pooled = list(self._by_sender) if senders is None else set(senders) & set(self._by_sender)
+        for sender in pooled:
             nonce = account_nonce(sender)
             self._account_nonce[sender] = nonce
             dropped.extend(h for n, h in self._by_sender[sender].items() if n < nonce)
