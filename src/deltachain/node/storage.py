@@ -98,6 +98,7 @@ class Storage:
         self.archive = archive
         self._lock_fd: int | None = None
         self._headers: dict[Hash32, Header] = {}
+        self._meta_cache: dict[str, bytes] = {}
         self._nodes: OrderedDict[bytes, bytes] = OrderedDict()
         """Recently read trie nodes and values by hash: content-addressed, so never stale, and
         every transaction check walks the same top of the trie (~7 reads a key)."""
@@ -355,6 +356,7 @@ class Storage:
                 yield
                 self._conn.execute("COMMIT")
             except BaseException:
+                self._meta_cache.clear()  # it may hold values the rollback undid
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
@@ -365,13 +367,14 @@ class Storage:
             ) from None
 
     def _meta(self, key: str) -> bytes:
-        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        if row is None:
+        value = self.meta_value(key)
+        if value is None:
             raise NotFound(f"meta {key} missing")
-        return bytes(row[0])
+        return value
 
     def _put_meta(self, key: str, value: bytes) -> None:
         self._conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        self._meta_cache[key] = bytes(value)
 
     def _insert_block(self, block: Block, diff: StateDiff, events: bytes) -> None:
         c = self._conn
@@ -529,8 +532,15 @@ class Storage:
         return bytes(row[0])
 
     def meta_value(self, key: str) -> bytes | None:
-        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return None if row is None else bytes(row[0])
+        """Meta rows are read on every call (best, finalized): cached; only this process
+        writes them (the database is locked), and a rolled-back write clears the cache."""
+        found = self._meta_cache.get(key)
+        if found is None:
+            row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if row is None:
+                return None
+            found = self._meta_cache[key] = bytes(row[0])
+        return found
 
     def put_meta_value(self, key: str, value: bytes) -> None:
         """Durable small records (e.g. the last vote signed): fsynced before returning."""
