@@ -9,10 +9,9 @@ size the model's rounds. Every process it starts is stopped by ``close()``.
 from __future__ import annotations
 
 import json
-import random
 import signal
-import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -27,23 +26,8 @@ from deltachain.primitives.types import Hash32
 from deltachain.runtime.executive import build_genesis
 from deltachain.runtime.state import MemoryStateStore
 
-
-def free_block(n: int, avoid: set[int]) -> int:
-    """A base port with ``n`` consecutive free loopback ports below the ephemeral range."""
-    for _ in range(500):
-        base = random.randrange(20000, 32000 - n)
-        ports = set(range(base, base + n))
-        if ports & avoid:
-            continue
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        avoid |= ports
-        return base
-    raise RuntimeError("no free port block")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_network import free_block
 
 
 def rpc(url: str, method: str, *params: Any, timeout: float = 5.0) -> Any:

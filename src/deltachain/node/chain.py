@@ -286,11 +286,15 @@ class Chain:
             signature_verified=self._known(tx),
             dispatch=False,
         )
-        module = self.runtime.module(tx.call.module)
-        self.pool.add(
-            tx,
-            len(tx.encode()),
-            system.get_nonce(state, tx.sender),
+        self._pool(checked, len(tx.encode()), state)
+
+    def _pool(self, checked: CheckedTransaction, size: int, state: State) -> str:
+        """Queue a checked transaction with its module's priority and round claim."""
+        module = self.runtime.module(checked.tx.call.module)
+        return self.pool.add(
+            checked.tx,
+            size,
+            system.get_nonce(state, checked.tx.sender),
             priority=module.priority(checked.call),
             claim=module.pool_claim(checked.call),
             checked=checked,
@@ -597,14 +601,7 @@ class Chain:
             # whichever author includes it states its fate (ExtrinsicFailed if the round
             # filled first). Refusing it here would leave it to its first node's slot alone.
             module.validate_pending(state, tx.sender, checked.call, self.pool.claimants(claim))
-        kind = self.pool.add(
-            tx,
-            len(raw),
-            system.get_nonce(state, tx.sender),
-            priority=module.priority(checked.call),
-            claim=claim,
-            checked=checked,
-        )
+        kind = self._pool(checked, len(raw), state)
         self._remember_verified(checked)
         if announce:
             self.outbox.append(raw)
