@@ -610,6 +610,23 @@ async def test_ws_submit_and_watch_reports_in_block_then_finalized(
     assert samples['deltachain_rounds_closed_total{model="sine-mlp"}'] >= 1
 
 
+async def test_ws_watch_says_why_a_transaction_was_dropped(
+    ws_session: WsSession, node: NodeProcess
+) -> None:
+    """A watched transaction the node lets go ends with {"dropped": reason}, never silence."""
+    bob = Keypair.dev("bob")
+    nonce = call(node.url, "system_accountNextIndex", "0x" + bob.address.hex())
+    waiting = sign_transaction(
+        bob, genesis(node.url), nonce + 5, "system", "remark", {"data": b"w"}
+    )
+    sub = await ws_session.call("author_submitAndWatchExtrinsic", "0x" + waiting.encode().hex())
+    assert await next_note(ws_session, sub) == "future"
+    call(node.url, "author_removeExtrinsic", ["0x" + waiting.hash.hex()])
+    assert await next_note(ws_session, sub, timeout=WAIT_S) == {
+        "dropped": "removed by author_removeExtrinsic"
+    }
+
+
 async def test_ws_submit_and_watch_rejects_with_the_reason(ws_session: WsSession) -> None:
     with pytest.raises(RpcCallError) as info:
         await ws_session.call("author_submitAndWatchExtrinsic", "0x00")

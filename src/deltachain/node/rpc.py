@@ -1420,8 +1420,8 @@ class RpcServer:
                     await send({"retracted": included[0]})
                     await send("ready")
                     included = None
-                if state in ("dropped", "invalid"):
-                    await send(state)
+                if state in ("dropped", "invalid"):  # with the reason (Substrate sends none)
+                    await send({state: status.get("reason", "")})
                     return
         except (ConnectionError, RuntimeError):
             pass

@@ -129,21 +129,23 @@ async def _follow(session: WsSession, tx_hex: str, until: str, on_status: Status
     sub_id = await session.call("author_submitAndWatchExtrinsic", tx_hex)
     while True:
         note = await session.notification(sub_id)
-        status, block_hash = (note, None) if isinstance(note, str) else next(iter(note.items()))
+        status, detail = (note, None) if isinstance(note, str) else next(iter(note.items()))
+        if status in ("dropped", "invalid", "usurped"):
+            on_status(str(status), None, None)
+            if not detail:
+                tx_hash = "0x" + SignedTransaction.decode(bytes.fromhex(tx_hex[2:])).hash.hex()
+                fate = await session.call("author_extrinsicStatus", tx_hash)
+                detail = fate.get("reason") if isinstance(fate, dict) else None
+            raise DeltachainError(
+                f"the node reports the transaction {status}: {detail or 'no reason recorded'}"
+            )
         number = None
-        if isinstance(block_hash, str):
-            header = await session.call("chain_getHeader", block_hash)
+        if isinstance(detail, str):
+            header = await session.call("chain_getHeader", detail)
             number = header["number"] if isinstance(header, dict) else None
-        on_status(str(status), block_hash, number)
+        on_status(str(status), detail, number)
         if status == "finalized" or (status == "inBlock" and until == "in-block"):
             return str(status)
-        if status in ("dropped", "invalid", "usurped"):
-            tx_hash = "0x" + SignedTransaction.decode(bytes.fromhex(tx_hex[2:])).hash.hex()
-            fate = await session.call("author_extrinsicStatus", tx_hash)
-            reason = fate.get("reason") if isinstance(fate, dict) else None
-            raise DeltachainError(
-                f"the node reports the transaction {status}: {reason or 'no reason recorded'}"
-            )
 
 
 class WsSession:
