@@ -385,9 +385,8 @@ class ModelStateModule(Module):
                 f"the commitment was for base version {made['baseVersion']}, "
                 f"this reveal is for {call.base_version}"
             )
-        if call.salt is None or delta_commitment(call.delta_args(), call.salt, sender) != bytes(
-            made["commitment"]
-        ):
+        salt = call.salt or b""  # precheck_call refused a reveal without salt already
+        if delta_commitment(call.delta_args(), salt, sender) != bytes(made["commitment"]):
             raise CommitmentMismatch(
                 "the delta, salt and sender do not open this client's commitment"
             )
@@ -406,7 +405,7 @@ class ModelStateModule(Module):
         if isinstance(call, CommitDelta) and number >= reveal_from:
             raise OutsideWindow(
                 f"the commit window of model {call.model!r} closed at block {reveal_from - 1}; "
-                f"commit in the next round (after version {record.version + 1})"
+                "commit in the next one (model_get: round.commitUntil)"
             )
         if isinstance(call, SubmitDelta) and number < reveal_from:
             raise OutsideWindow(
