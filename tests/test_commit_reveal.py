@@ -19,11 +19,14 @@ from deltachain.model_state.delta import CommitDelta, SubmitDelta, delta_commitm
 from deltachain.model_state.module import (
     CommitmentMismatch,
     CommitRevealOff,
+    CopiedDelta,
     DuplicateCommitment,
     ModelStateModule,
     NoCommitment,
     OutsideWindow,
+    delta_digest,
     key_model,
+    key_revealed,
 )
 from deltachain.node.chain import Chain
 from deltachain.primitives.chainspec import DEV_MODEL, dev_chain_spec, parse_chain_spec
@@ -264,3 +267,29 @@ def test_pool_holds_back_early_reveals(tmp_path: Path) -> None:
         assert len(chain.outbox) == 1  # only the commitment is gossiped
     finally:
         chain.close()
+
+
+def test_copy_committed_in_a_reopened_window_is_refused() -> None:
+    """BOB's reveal is public once a short round reopens its commit window; CHARLIE commits
+    to the very same delta under his own salt and sender, and its reveal is still refused."""
+    chain = new_chain(minDeltas=2, roundLen=4, commitLen=2)
+    honest = make_delta(chain, 1, os.urandom(32))
+    failures(chain, [commit(chain, BOB, honest)])
+    chain.produce([])
+    assert failures(chain, [reveal(chain, BOB, honest)]) == []
+    chain.produce([])  # roundLen, one reveal short: the commit window reopens
+    copied = SubmitDelta(**{**honest.__dict__, "salt": os.urandom(32), "samples": 99})
+    own = make_delta(chain, 2, os.urandom(32))
+    assert failures(chain, [commit(chain, CHARLIE, copied), commit(chain, DAVE, own)]) == []
+    chain.produce([])
+    with pytest.raises(CopiedDelta, match="already revealed this very delta"):
+        check_transaction(
+            chain.runtime, chain.state(), reveal(chain, CHARLIE, copied), chain.genesis_hash
+        )
+    assert failures(chain, [reveal(chain, DAVE, own)]) == []
+    chain.produce([])  # roundLen of the reopened round: BOB and DAVE aggregated
+    assert record(chain).version == 1
+    prov = module(chain).query(chain.state(), "provenance", {"model": MODEL, "version": 1})
+    assert [u["client"] for u in prov["unrevealed"]] == [CHARLIE.address]
+    # the round's reveal digests went with it
+    assert chain.state().get(key_revealed(MODEL, delta_digest(honest.to_args()))) is None

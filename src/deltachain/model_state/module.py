@@ -11,6 +11,7 @@ State layout (raw keys; ``<id>`` is the model id, ``<client>`` a 32-byte address
   ``model_state/prov/<id>/<u64 BE>``      → provenance of a version
   ``model_state/commits/<id>``            → commit-reveal models: committers this round, by arrival
   ``model_state/commit/<id>/<client>``    → its commitment {commitment, baseVersion, block, tx}
+  ``model_state/revealed/<id>/<digest>``  → the client that revealed that delta this round
 
 Round lifecycle (``on_finalize``): a round closes when it has at least ``minDeltas`` deltas and
 ``roundLen`` blocks have passed since it opened, or at once when it holds ``maxDeltas``. A round
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from deltachain import codec
-from deltachain.crypto.hashing import Hash32
+from deltachain.crypto.hashing import Hash32, tagged_hash
 from deltachain.crypto.keys import address_to_str
 from deltachain.crypto.merkle import leaf_hash, merkle_proof
 from deltachain.errors import ChainSpecError, InvalidCall, NotFound, Unauthorized, UnknownCall
@@ -103,6 +104,16 @@ def key_commit(model: str, client: Address) -> bytes:
     return b"model_state/commit/" + model.encode() + b"/" + client
 
 
+def key_revealed(model: str, digest: Hash32) -> bytes:
+    return b"model_state/revealed/" + model.encode() + b"/" + digest
+
+
+def delta_digest(args: Mapping[str, Any]) -> Hash32:
+    """What makes two deltas the same update: their coordinates, values and exponent."""
+    body = codec.encode({"gaps": args["gaps"], "values": args["values"], "exp": args["exp"]})
+    return tagged_hash(b"deltachain/delta-digest/v1", body)
+
+
 class StaleDelta(InvalidCall):
     """The delta's base version is older than the model's staleness limit allows."""
 
@@ -125,6 +136,10 @@ class NoCommitment(InvalidCall):
 
 class CommitmentMismatch(InvalidCall):
     """A reveal that does not open its sender's commitment (other args, salt or sender)."""
+
+
+class CopiedDelta(InvalidCall):
+    """A reveal of a delta another client already revealed in this round."""
 
 
 class DuplicateCommitment(InvalidCall):
@@ -390,6 +405,11 @@ class ModelStateModule(Module):
             raise CommitmentMismatch(
                 "the delta, salt and sender do not open this client's commitment"
             )
+        # A round that reopened its commit window has public reveals: refuse their copies.
+        if state.get(key_revealed(call.model, delta_digest(call.to_args()))) is not None:
+            raise CopiedDelta(
+                f"another client already revealed this very delta for model {call.model!r}"
+            )
 
     def check_window(self, state: State, call: object, number: int) -> None:
         """Commit-reveal timing for a call landing in block ``number``: commitments in the
@@ -478,6 +498,8 @@ class ModelStateModule(Module):
             key_delta(call.model, sender),
             codec.encode({"tx": tx_hash, "block": env.number, **call.delta_args()}),
         )
+        if call.salt is not None:  # a commit-reveal model's reveal
+            state.set(key_revealed(call.model, delta_digest(call.to_args())), sender)
         members = self.round_members(state, call.model)
         state.set(key_round(call.model), codec.encode([*members, sender]))
         return [
@@ -562,6 +584,8 @@ class ModelStateModule(Module):
                     )
                 state.delete(key_commit(config.id, client))
             state.set(key_commits(config.id), codec.encode([]))
+            for d in deltas:
+                state.delete(key_revealed(config.id, delta_digest(d)))
             extra = {"commitReveal": True, "unrevealed": unrevealed}
         state.set(
             key_provenance(config.id, new_record.version),
