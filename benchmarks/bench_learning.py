@@ -95,6 +95,7 @@ class Job:
     devices: int = 20
     heldout: int = 10
     seed: int = 0
+    commit_reveal: bool = False
 
     def __post_init__(self) -> None:
         if self.kind != "chain":  # baselines have no Top-P or semantics: one key per setting
@@ -111,6 +112,7 @@ class Job:
                 "fedtrimmedavg": "FedTrimmedAvg (flwr)",
                 "fedavg-eta1": "FedAvg (flwr), server step 1",
             }[self.kind]
+        name += " commit-reveal" if self.commit_reveal else ""
         return name + (f" + {self.attack}" if self.attack else "")
 
 
@@ -146,7 +148,11 @@ def fleet_config(job: Job) -> FleetConfig:
 def run_chain(job: Job) -> Outcome:
     started = time.perf_counter()
     fleet = local_fleet(
-        fleet_config(job), semantics=job.semantics, eta=ETA[job.task], trim_beta=TRIM_BETA
+        fleet_config(job),
+        semantics=job.semantics,
+        eta=ETA[job.task],
+        trim_beta=TRIM_BETA,
+        commit_reveal=job.commit_reveal,
     )
     result: FleetResult = fleet.run()
     trained: list[RoundRow] = result.rows[1:]
@@ -430,6 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", choices=("semantics", "baselines", "attacks"), action="append")
+    ap.add_argument(
+        "--commit-reveal",
+        action="store_true",
+        help="ours on a commit-reveal model: each delta committed, then revealed (2 blocks)",
+    )
     ap.add_argument("--out", default="benchmarks/results/learning.md")
     args = ap.parse_args(argv)
     args.rounds = args.rounds or (8 if args.quick else 30)
@@ -461,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
                         Job(k, task, attack=attack, malicious=0.2, **common)
                         for k in ("fedavg", "fedtrimmedavg")
                     ]
+    if args.commit_reveal:
+        jobs = [replace(j, commit_reveal=True) if j.kind == "chain" else j for j in jobs]
     jobs = list(dict.fromkeys(jobs))
     started = time.perf_counter()
     outcomes: list[Outcome] = []

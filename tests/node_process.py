@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deltachain.primitives.chainspec import dev_chain_spec
 
@@ -64,13 +65,20 @@ class NodeProcess:
 
 
 def start_node(
-    tmp: Path, *extra: str, prometheus: bool = False, ready: str = r"authored #2 "
+    tmp: Path,
+    *extra: str,
+    prometheus: bool = False,
+    ready: str = r"authored #2 ",
+    model: dict[str, Any] | None = None,
 ) -> NodeProcess:
     """Start //alice as the only validator of a fresh dev chain (250 ms slots) in ``tmp`` and
-    wait until ``ready`` (a regex) appears in its log; ``extra`` goes to ``deltachain node``."""
+    wait until ``ready`` (a regex) appears in its log; ``extra`` goes to ``deltachain node``;
+    ``model`` overrides fields of the dev model."""
     tmp.mkdir(parents=True, exist_ok=True)
     spec = tmp / "spec.json"
-    spec.write_text(json.dumps(dev_chain_spec(slot_ms=250).to_json()))
+    raw = dev_chain_spec(slot_ms=250).to_json()
+    raw["genesis"]["runtime"]["model_state"]["models"][0].update(model or {})
+    spec.write_text(json.dumps(raw))
     port = free_port()
     metrics_port = free_port()
     log = tmp / "node.log"

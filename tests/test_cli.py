@@ -231,3 +231,67 @@ def test_client_fleet_follows_finality_and_improves(node: str, tmp_path: Path) -
     ]
     assert len(losses) == 3
     assert losses[-1] < losses[0]
+
+
+def test_submit_delta_commits_then_reveals_on_a_commit_reveal_model(tmp_path: Path) -> None:
+    """``submit-delta --wait`` on a commit-reveal model: commit, hold, reveal; the round
+    aggregates both reveals and no commitment is left unrevealed."""
+    import numpy as np
+
+    n = start_node(
+        tmp_path / "node",
+        ready=r"authored #1 ",
+        model={"commitReveal": True, "roundLen": 8, "commitLen": 4, "minDeltas": 2},
+    )
+    try:
+        model = json.loads(run("query", "model", "sine-mlp", "--rpc", n.url, "--json").stdout)
+        assert model["commitReveal"] is True
+        rng = np.random.default_rng(0)
+        procs = []
+        for i, key in enumerate(("//bob", "//charlie")):
+            path = tmp_path / f"delta{i}.npy"
+            np.save(path, rng.normal(0, 0.01, model["numParams"]))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *CLI,
+                        "submit-delta",
+                        "--key",
+                        key,
+                        "--model",
+                        "sine-mlp",
+                        "--delta",
+                        str(path),
+                        "--top-p",
+                        "0.1",
+                        "--rpc",
+                        n.url,
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "DELTACHAIN_PASSWORD": "pw"},
+                )
+            )
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert "committing" in out
+            assert "revealing" in out
+            assert "submitted model_state.submit_delta" in out
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            after = json.loads(run("query", "model", "sine-mlp", "--rpc", n.url, "--json").stdout)
+            if after["version"] == 1:
+                break
+            time.sleep(0.25)
+        assert after["version"] == 1
+        prov = json.loads(
+            run(
+                "query", "provenance", "sine-mlp", "--version", "1", "--rpc", n.url, "--json"
+            ).stdout
+        )
+        assert prov["n"] == 2
+        assert prov["unrevealed"] == []
+    finally:
+        stop_node(n)

@@ -396,3 +396,25 @@ def test_local_chain_rejects_tampered_transactions_like_a_node() -> None:
         chain.call("author_submitExtrinsic", "0x" + raw.hex())
     spec = local_spec([model_json("sine")], [])
     assert LocalChain(spec).call("model_list") == ["sine-mlp"]
+
+
+def test_local_fleet_with_commit_reveal_commits_then_reveals() -> None:
+    """A commit-reveal model: every device commits, holds its delta through the commit
+    window, reveals; the rounds aggregate every reveal and cost one more signed transaction."""
+    plain = local_fleet(FleetConfig(devices=4, rounds=2, heldout=1, seed=3)).run()
+    fleet = local_fleet(FleetConfig(devices=4, rounds=2, heldout=1, seed=3), commit_reveal=True)
+    result = fleet.run()
+    assert isinstance(fleet.node, LocalChain)
+    chain = fleet.node
+    assert [row.version for row in result.rows[1:]] == [1, 2]
+    assert all(row.deltas_accepted == 4 for row in result.rows[1:])
+    for version in (1, 2):
+        prov = chain.call("model_getProvenance", fleet.config.model_id, version)
+        assert prov["commitReveal"] is True
+        assert prov["unrevealed"] == []
+        assert len(prov["deltas"]) == 4
+    # the same deltas (same seeds), so the same weights; one commitment (≈ 240 B) more uplink
+    assert [r.quality for r in result.rows] == [r.quality for r in plain.rows]
+    extra = result.rows[1].bytes_up - plain.rows[1].bytes_up
+    assert 200 < extra < 300
+    assert result.rows[1].energy_j > plain.rows[1].energy_j

@@ -20,13 +20,23 @@ know them, else a strong negative shift of their own).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from deltachain import codec
 from deltachain.crypto.hashing import Hash32
 from deltachain.crypto.keys import Keypair
-from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
+from deltachain.model_state.delta import (
+    LOSS_SCALE,
+    SALT_BYTES,
+    CommitDelta,
+    SubmitDelta,
+    delta_commitment,
+    quantize_top_p,
+)
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 
 from .model import MLP, to_float
@@ -213,13 +223,41 @@ class Device:
             self.key, genesis, nonce, "model_state", "submit_delta", submit.to_args()
         )
 
-    def finish(self, prepared: Prepared, submit: SubmitDelta, tx: SignedTransaction) -> RoundCost:
-        """Complete the round's accounting once the transaction is built."""
+    def commit(
+        self, submit: SubmitDelta, genesis: Hash32, nonce: int
+    ) -> tuple[SubmitDelta, SignedTransaction]:
+        """Commit-reveal: salt the delta and sign ``commit_delta`` for it. Returns the salted
+        delta (sign it as the reveal once the commit window closes) and the commitment."""
+        if self.key is None:
+            raise ValueError("this device has no key; it cannot sign")
+        salted = dataclasses.replace(submit, salt=os.urandom(SALT_BYTES))
+        assert salted.salt is not None
+        commitment = delta_commitment(salted.delta_args(), salted.salt, self.key.address)
+        call = CommitDelta(submit.model, submit.base_version, commitment)
+        tx = sign_transaction(
+            self.key, genesis, nonce, "model_state", "commit_delta", call.to_args()
+        )
+        return salted, tx
+
+    def finish(
+        self,
+        prepared: Prepared,
+        submit: SubmitDelta,
+        tx: SignedTransaction,
+        commit_tx: SignedTransaction | None = None,
+    ) -> RoundCost:
+        """Complete the round's accounting once the transaction (and, on a commit-reveal
+        model, its commitment) is built."""
         cost = prepared.cost
         encoded = len(tx.encode())
         cost.bytes_up = encoded
         cost.signatures = 1
         cost.hashed_bytes += encoded  # Ed25519 hashes the signed payload (SHA-512; same order)
+        if commit_tx is not None:  # a second transaction, and the commitment's own hash
+            committed = len(commit_tx.encode())
+            cost.bytes_up += committed
+            cost.signatures += 1
+            cost.hashed_bytes += committed + len(codec.encode(submit.delta_args())) + 64
         spec = self.mlp.spec
         plan = memory_plan(
             num_params=spec.num_params,

@@ -24,7 +24,8 @@ from deltachain import codec
 from deltachain.crypto.hashing import Hash32
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.errors import DeltachainError
-from deltachain.primitives.transaction import sign_transaction
+from deltachain.model_state.delta import SubmitDelta
+from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 
 from .device import ATTACKS, Device, Hyper, Prepared, adapt, quality
 from .localchain import LocalChain, local_spec, model_json
@@ -229,6 +230,7 @@ class Fleet:
         self.verifiers: dict[int, Verifier] = {}
         self.nonces: dict[int, int] = {}
         self.max_deltas = 0
+        self.commit_reveal = False
 
     # --- setup ---------------------------------------------------------------------------
 
@@ -252,6 +254,7 @@ class Fleet:
                 f"run with --devices {model['minDeltas']} or more"
             )
         self.max_deltas = int(model["maxDeltas"])
+        self.commit_reveal = bool(model.get("commitReveal", False))
         spec = MLPSpec.from_config(model)
         spec.check_task(self.task.input_dim, self.task.output_dim, cfg.task)
         self.spec = spec
@@ -374,6 +377,63 @@ class Fleet:
             "is the node authoring and finalizing blocks?"
         )
 
+    def _send(self, d: Device, tx: SignedTransaction, errors: list[str]) -> bool:
+        """Submit one device's transaction; on refusal note why and re-read its nonce."""
+        try:
+            self.node.call("author_submitExtrinsic", "0x" + tx.encode().hex())
+        except RpcFailed as exc:
+            errors.append(f"device {d.index}: {exc}")
+            assert d.key is not None
+            self.nonces[d.index] = int(
+                self.node.call("system_accountNextIndex", address_to_str(d.key.address))
+            )
+            return False
+        self.nonces[d.index] += 1
+        return True
+
+    def _window(self) -> tuple[int, dict[str, Any]]:
+        """The number of the next block and the open round's progress."""
+        best = int(self.node.call("chain_getHeader")["number"])
+        return best + 1, self.node.call("model_get", self.config.model_id)["round"]
+
+    def _commit(
+        self, submits: list[tuple[Device, Prepared, SubmitDelta]]
+    ) -> tuple[list[tuple[Device, Prepared, SubmitDelta]], dict[int, SignedTransaction], list[str]]:
+        """Commit-reveal: wait for the round's commit window, commit every device's delta,
+        then wait for the reveal window. Returns the salted deltas whose commitment the chain
+        holds (only those are worth revealing), the commitments, and the refusals."""
+        errors: list[str] = []
+
+        def in_commit_window() -> bool:
+            number, progress = self._window()
+            return number <= int(progress["commitUntil"])
+
+        self._wait(in_commit_window, "the commit window")
+        salted: list[tuple[Device, Prepared, SubmitDelta]] = []
+        commits: dict[int, SignedTransaction] = {}
+        for d, p, submit in submits:
+            revealed, tx = d.commit(submit, self.genesis, self.nonces[d.index])
+            if self._send(d, tx, errors):
+                salted.append((d, p, revealed))
+                commits[d.index] = tx
+        if self.local is not None:
+            self.local.produce_block()
+
+        def in_reveal_window() -> bool:
+            number, progress = self._window()
+            return number >= int(progress["revealFrom"])
+
+        self._wait(in_reveal_window, "the reveal window")
+        held = set(self._window()[1]["commits"])
+        kept = [
+            (d, p, s)
+            for d, p, s in salted
+            if d.key is not None and address_to_str(d.key.address) in held
+        ]
+        if len(kept) < len(salted):
+            errors.append(f"{len(salted) - len(kept)} commitments missed the commit window")
+        return kept, {i: commits[i] for i in (d.index for d, _, _ in kept)}, errors
+
     def _finalized_version(self) -> int:
         block = self.node.call("chain_getFinalizedHead")
         answer = self.node.call("model_getChunkProof", self.config.model_id, 0, block)
@@ -416,24 +476,22 @@ class Fleet:
                 z = alie_z(cfg.devices, cfg.num_malicious)
                 honest_stats = (stack.mean(axis=0), stack.std(axis=0), z)
         costs: list[RoundCost] = []
-        coords, accepted, errors = [], 0, []
+        coords: list[int] = []
+        accepted = 0
+        errors: list[str] = []
+        submits: list[tuple[Device, Prepared, SubmitDelta]] = []
         for d, p in zip(self.devices, prepared, strict=True):
-            delta = d.corrupt(p.result.delta, honest_stats)
-            submit = d.encode(p, delta)
+            submits.append((d, p, d.encode(p, d.corrupt(p.result.delta, honest_stats))))
+        commits: dict[int, SignedTransaction] = {}
+        if self.commit_reveal:
+            submits, commits, refused = self._commit(submits)
+            errors.extend(refused)
+        for d, p, submit in submits:
             tx = d.sign(submit, self.genesis, self.nonces[d.index])
-            costs.append(d.finish(p, submit, tx))
+            costs.append(d.finish(p, submit, tx, commits.get(d.index)))
             coords.append(int(submit.indices.size))
-            try:
-                self.node.call("author_submitExtrinsic", "0x" + tx.encode().hex())
-            except RpcFailed as exc:
-                errors.append(f"device {d.index}: {exc}")
-                assert d.key is not None
-                self.nonces[d.index] = int(
-                    self.node.call("system_accountNextIndex", address_to_str(d.key.address))
-                )
-                continue
-            self.nonces[d.index] += 1
-            accepted += 1
+            if self._send(d, tx, errors):
+                accepted += 1
         if self.local is not None:
             self.local.produce_block()
             errors.extend(f"device ?: {exc}" for _, exc in self.local.rejected)
@@ -570,23 +628,26 @@ def local_fleet(
     eta: str = "1/1",
     trim_beta: str = "1/5",
     kernel: str = "reference",
+    commit_reveal: bool = False,
     out: TextIO | None = None,
     progress: TextIO | None = None,
 ) -> Fleet:
     """A fleet on a fresh LocalChain whose model section the caller controls.
 
     Rounds close each block (``roundLen`` 1) once every device's delta is in
-    (``minDeltas`` = ``maxDeltas`` = devices).
+    (``minDeltas`` = ``maxDeltas`` = devices). With ``commit_reveal`` a round takes two
+    blocks: the commitments, then the reveals (``roundLen`` 2, ``commitLen`` 1).
     """
     model = model_json(
         config.task,
         aggregation=semantics,
         eta=eta,
         trimBeta=trim_beta,
-        roundLen=1,
+        roundLen=2 if commit_reveal else 1,
         minDeltas=config.devices,
         maxDeltas=config.devices,
         staleness=0,
+        **({"commitReveal": True, "commitLen": 1} if commit_reveal else {}),
     )
     if config.model is not None:
         model["id"] = config.model

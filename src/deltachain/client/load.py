@@ -13,6 +13,7 @@ accepted but not finalized. "lost" is what was accepted and has neither.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import itertools
 import json
@@ -27,13 +28,28 @@ import numpy as np
 
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.errors import DeltachainError, NetworkError
-from deltachain.model_state.delta import SubmitDelta, quantize_top_p
+from deltachain.model_state.delta import (
+    SALT_BYTES,
+    CommitDelta,
+    SubmitDelta,
+    delta_commitment,
+    quantize_top_p,
+)
 from deltachain.primitives.transaction import SignedTransaction, sign_transaction
 from deltachain.primitives.types import Hash32
 
 BATCH = 48
 """Submissions per JSON-RPC batch (the node accepts up to 64)."""
-ROUND_REFUSALS = ("is full", "already has a delta", "already submitted a delta", "is stale")
+ROUND_REFUSALS = (
+    "is full",
+    "already has a delta",
+    "already submitted a delta",
+    "is stale",
+    "already committed",
+    "commit window",
+    "takes reveals from",
+    "no commitment",
+)
 
 
 def random_delta(rng: np.random.Generator, model: dict[str, Any], top_p: float) -> SubmitDelta:
@@ -154,6 +170,9 @@ class LoadReport:
     conflicts: int = 0
     roots: dict[str, str] = field(default_factory=dict)
     lost_hashes: list[str] = field(default_factory=list)
+    commits: int = 0
+    """Commit-reveal models: commitments accepted, and those never revealed (window missed)."""
+    unrevealed: int = 0
 
     def percentile(self, p: float) -> float:
         if not self.latencies:
@@ -180,6 +199,7 @@ class LoadReport:
             "finalized_reverted": self.reverted,
             "finality_conflicts": self.conflicts,
             "same_weights_root": len(set(self.roots.values())) <= 1,
+            **({"commits": self.commits, "unrevealed": self.unrevealed} if self.commits else {}),
         }
 
 
@@ -207,8 +227,97 @@ class FleetLoad:
     def _delta(self, rng: np.random.Generator, model: dict[str, Any]) -> SubmitDelta:
         return random_delta(rng, model, self.config.top_p)
 
+    def _commit_reveal(
+        self,
+        node: int,
+        rpc: Rpc,
+        rng: np.random.Generator,
+        model: dict[str, Any],
+        mine: list[int],
+        nonces: dict[int, int],
+        done_for: dict[int, int],
+        held: dict[int, tuple[int, SubmitDelta]],
+    ) -> None:
+        """One step on a commit-reveal model: in the commit window commit a salted delta for
+        every device without one; from the reveal window reveal those the chain holds."""
+        cfg = self.config
+        version, progress = int(model["version"]), model["round"]
+        number = int(rpc.call("chain_getHeader")["number"]) + 1
+        if number <= int(progress["commitUntil"]):
+            todo = [i for i in mine if done_for.get(i, -1) < version and i not in held]
+            for start in range(0, len(todo), BATCH):
+                chunk = todo[start : start + BATCH]
+                salted = [
+                    dataclasses.replace(self._delta(rng, model), salt=rng.bytes(SALT_BYTES))
+                    for _ in chunk
+                ]
+                txs = [
+                    sign_transaction(
+                        cfg.devices[i],
+                        cfg.genesis,
+                        nonces[i],
+                        "model_state",
+                        "commit_delta",
+                        CommitDelta(
+                            cfg.model,
+                            version,
+                            delta_commitment(d.delta_args(), d.salt or b"", cfg.devices[i].address),
+                        ).to_args(),
+                    )
+                    for i, d in zip(chunk, salted, strict=True)
+                ]
+                replies = rpc.batch(
+                    [("author_submitExtrinsic", ["0x" + tx.encode().hex()]) for tx in txs]
+                )
+                with self.lock:
+                    for i, d, (ok, result) in zip(chunk, salted, replies, strict=True):
+                        if ok:
+                            self.report.commits += 1
+                            nonces[i] += 1
+                            held[i] = (version, d)
+                        else:
+                            key = "commit: " + str(result)[:72]
+                            self.report.refused[key] = self.report.refused.get(key, 0) + 1
+                            nonces[i] = int(
+                                rpc.call(
+                                    "system_accountNextIndex",
+                                    address_to_str(cfg.devices[i].address),
+                                )
+                            )
+            return
+        if number < int(progress["revealFrom"]):
+            return
+        committed = set(progress.get("commits", []))
+        ready = []
+        for i, (v, _) in list(held.items()):
+            if v == version and address_to_str(cfg.devices[i].address) in committed:
+                ready.append(i)
+            else:  # the commitment missed its window (or its round): the delta is never sent
+                del held[i]
+                with self.lock:
+                    self.report.unrevealed += 1
+        for start in range(0, len(ready), BATCH):
+            chunk = ready[start : start + BATCH]
+            txs = [
+                sign_transaction(
+                    cfg.devices[i],
+                    cfg.genesis,
+                    nonces[i],
+                    "model_state",
+                    "submit_delta",
+                    held.pop(i)[1].to_args(),
+                )
+                for i in chunk
+            ]
+            at = time.monotonic()
+            replies = rpc.batch(
+                [("author_submitExtrinsic", ["0x" + tx.encode().hex()]) for tx in txs]
+            )
+            self._record(node, version, chunk, txs, replies, at, nonces, done_for, rpc)
+
     def _submitter(self, node: int) -> None:
-        """Devices assigned to ``node`` submit one delta per model version through it."""
+        """Devices assigned to ``node`` submit one delta per model version through it (on a
+        commit-reveal model: commit in the commit window, reveal in the reveal window)."""
         cfg = self.config
         rpc = Rpc(cfg.urls[node])
         rng = np.random.default_rng(cfg.seed * 1000 + node)
@@ -218,12 +327,17 @@ class FleetLoad:
             for i in mine
         }
         done_for: dict[int, int] = {}  # device -> version it has a delta accepted for
+        held: dict[int, tuple[int, SubmitDelta]] = {}  # committed, not yet revealed
         try:
             while not self.stop.is_set():
                 model = rpc.call("model_get", cfg.model)
                 version = int(model["version"])
                 with self.lock:
                     self.versions_seen.add(version)
+                if model.get("commitReveal"):
+                    self._commit_reveal(node, rpc, rng, model, mine, nonces, done_for, held)
+                    self.stop.wait(cfg.poll_s)
+                    continue
                 todo = [i for i in mine if done_for.get(i, -1) < version]
                 for start in range(0, len(todo), BATCH):
                     if self.stop.is_set():

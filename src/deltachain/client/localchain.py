@@ -218,7 +218,9 @@ class LocalChain:
         queued = [t for t in self.pending if t.sender == tx.sender]
         try:
             if not queued:
-                check_transaction(self.runtime, state, tx, self.genesis_hash)
+                checked = check_transaction(self.runtime, state, tx, self.genesis_hash)
+                module = self.runtime.module(tx.call.module)
+                module.check_window(state, checked.call, self.head.number + 1)  # as a node's pool
             else:  # later nonces of a queued sender: full checks happen at block building
                 tx.verify_signature(self.genesis_hash)
         except InvalidTransaction as exc:

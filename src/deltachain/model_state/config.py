@@ -5,6 +5,7 @@ Everything that reaches consensus is an integer or a rational ``num/den``; float
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import io
@@ -67,6 +68,10 @@ class ModelConfig:
     max_deltas: int
     staleness: int
     init: Mapping[str, Any]
+    commit_reveal: bool = False
+    """Deltas count only when revealed after a commitment made in the commit window."""
+    commit_len: int = 0
+    """The commit window: the first ``commit_len`` blocks of a round (0 when off)."""
 
     @functools.cached_property
     def num_params(self) -> int:
@@ -116,6 +121,8 @@ class ModelConfig:
             "minDeltas": self.min_deltas,
             "maxDeltas": self.max_deltas,
             "staleness": self.staleness,
+            # Only when on: a model without it keeps the record (and state root) it always had.
+            **({"commitReveal": True, "commitLen": self.commit_len} if self.commit_reveal else {}),
         }
 
 
@@ -210,6 +217,18 @@ def parse_model(obj: Any) -> ModelConfig:
         staleness=_int(obj, "staleness", model_id, 0, 1 << 16, 0),
         init=obj.get("init", {"kind": "zeros"}),
     )
+    commit_reveal = obj.get("commitReveal", False)
+    if not isinstance(commit_reveal, bool):
+        raise _err(model_id, f"commitReveal must be true or false, got {commit_reveal!r}")
+    if commit_reveal:
+        if config.round_len < 2:
+            raise _err(model_id, "commitReveal needs roundLen ≥ 2 (a commit and a reveal block)")
+        commit_len = _int(
+            obj, "commitLen", model_id, 1, config.round_len - 1, max(1, config.round_len // 2)
+        )
+        config = dataclasses.replace(config, commit_reveal=True, commit_len=commit_len)
+    elif "commitLen" in obj:
+        raise _err(model_id, "commitLen needs commitReveal: true")
     if config.num_params > MAX_PARAMS:
         raise _err(model_id, f"{config.num_params} parameters exceed the limit of {MAX_PARAMS}")
     if config.max_deltas < config.min_deltas:

@@ -26,7 +26,7 @@ value costs at most 35 bits (k = ⌊log2(2^32 / n)⌋ already gives n·(1 + k) +
 ``gaps`` at ``max_gap_bytes(n) = 5·n + 1`` before decoding.
 
 ``quantize_top_p`` (floats allowed: it runs on the device) turns a float delta into that form.
-This module imports only numpy, the codec and the error tree, so light clients can use it.
+It imports only numpy, the codec, hashing and the error tree, so light clients can use it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from deltachain import codec
+from deltachain.crypto.hashing import Hash32, tagged_hash
 from deltachain.errors import InvalidCall
 from deltachain.model_state.config import MAX_EXP_SHIFT
 
@@ -161,6 +163,14 @@ class SubmitDelta:
     loss_post: int | None
     wire_gaps: bytes | None = field(default=None, compare=False, repr=False)
     """The canonical Rice code it was decoded from, so storing it does not encode it again."""
+    salt: bytes | None = None
+    """On a commit-reveal model: the 32-byte salt that opens this sender's commitment."""
+
+    def delta_args(self) -> dict[str, Any]:
+        """The wire arguments without the salt: what a commitment binds."""
+        args = self.to_args()
+        args.pop("salt", None)
+        return args
 
     def to_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -175,6 +185,8 @@ class SubmitDelta:
             args["lossPre"] = self.loss_pre
         if self.loss_post is not None:
             args["lossPost"] = self.loss_post
+        if self.salt is not None:
+            args["salt"] = self.salt
         return args
 
     def model_units(self, frac_bits: int) -> np.ndarray:
@@ -183,7 +195,46 @@ class SubmitDelta:
 
 
 _REQUIRED = {"model", "baseVersion", "gaps", "values", "exp", "samples"}
-_OPTIONAL = {"lossPre", "lossPost"}
+_OPTIONAL = {"lossPre", "lossPost", "salt"}
+SALT_BYTES = 32
+COMMIT_TAG = b"deltachain/commit-delta/v1"
+
+
+def delta_commitment(delta_args: Mapping[str, Any], salt: bytes, sender: bytes) -> Hash32:
+    """tagged_hash(canonical CBOR of the delta's arguments (no salt) ‖ salt ‖ sender): binding
+    the sender is what makes a copied delta useless to anyone else."""
+    return tagged_hash(COMMIT_TAG, codec.encode(dict(delta_args)), salt, sender)
+
+
+@dataclass(frozen=True)
+class CommitDelta:
+    """``model_state.commit_delta``: the promise of a delta, opened later by its reveal."""
+
+    model: str
+    base_version: int
+    commitment: Hash32
+
+    def to_args(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "baseVersion": self.base_version,
+            "commitment": self.commitment,
+        }
+
+
+def decode_commit_delta(args: Mapping[str, Any]) -> CommitDelta:
+    """Shape checks of a commitment; raises InvalidCall."""
+    if set(args) != {"model", "baseVersion", "commitment"}:
+        raise InvalidCall("model_state.commit_delta takes model, baseVersion, commitment")
+    model, commitment = args["model"], args["commitment"]
+    if not isinstance(model, str):
+        raise InvalidCall("model_state.commit_delta: model must be a model id string")
+    if not isinstance(commitment, bytes) or len(commitment) != 32:
+        raise InvalidCall("model_state.commit_delta: commitment must be 32 bytes")
+    version = args["baseVersion"]
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= _U64:
+        raise InvalidCall("model_state.commit_delta: baseVersion must be an unsigned integer")
+    return CommitDelta(model, version, Hash32(commitment))
 
 
 def _uint(args: Mapping[str, Any], key: str) -> int:
@@ -203,7 +254,7 @@ def decode_submit_delta(args: Mapping[str, Any]) -> SubmitDelta:
     if not keys.issuperset(_REQUIRED) or not keys <= _REQUIRED | _OPTIONAL:
         raise InvalidCall(
             "model_state.submit_delta takes model, baseVersion, gaps, values, exp, samples "
-            "[, lossPre, lossPost]"
+            "[, lossPre, lossPost, salt]"
         )
     model, raw_gaps, raw_val, exp = args["model"], args["gaps"], args["values"], args["exp"]
     if not isinstance(model, str):
@@ -230,6 +281,9 @@ def decode_submit_delta(args: Mapping[str, Any]) -> SubmitDelta:
         ):
             raise InvalidCall(f"model_state.submit_delta: {key} must be an integer (micro-units)")
         losses.append(value)
+    salt = args.get("salt")
+    if salt is not None and (not isinstance(salt, bytes) or len(salt) != SALT_BYTES):
+        raise InvalidCall(f"model_state.submit_delta: salt must be {SALT_BYTES} bytes")
     return SubmitDelta(
         model,
         _uint(args, "baseVersion"),
@@ -240,6 +294,7 @@ def decode_submit_delta(args: Mapping[str, Any]) -> SubmitDelta:
         losses[0],
         losses[1],
         raw_gaps,  # decode_gaps accepted only the canonical code, so this is what encode gives
+        salt,
     )
 
 

@@ -9,6 +9,9 @@ State layout (raw keys; ``<id>`` is the model id, ``<client>`` a 32-byte address
   ``model_state/round/<id>``              → CBOR array of client addresses in this round, by arrival
   ``model_state/delta/<id>/<client>``     → that client's pending delta for this round
   ``model_state/prov/<id>/<u64 BE>``      → provenance of a version
+  ``model_state/commits/<id>``            → commit-reveal models: committers this round, by arrival
+  ``model_state/commit/<id>/<client>``    → its commitment {commitment, baseVersion, block, tx}
+  ``model_state/revealed/<id>/<digest>``  → the client that revealed that delta this round
 
 Round lifecycle (``on_finalize``): a round closes when it has at least ``minDeltas`` deltas and
 ``roundLen`` blocks have passed since it opened, or at once when it holds ``maxDeltas``. A round
@@ -17,10 +20,20 @@ carry over (nothing is lost and their base version is still current) until enoug
 Closing runs the trimmed mean over the round's deltas in canonical (address) order, applies
 ``w ← w + eta · agg`` in fixed point, re-hashes changed chunks, bumps the version and writes
 provenance.
+
+Commit-reveal (``commitReveal: true`` in the model's config): a client first sends
+``commit_delta {model, baseVersion, commitment}`` in the commit window (the first ``commitLen``
+blocks of the round), where the commitment is ``delta_commitment(args, salt, sender)``; then,
+from block ``roundStart + commitLen`` on, ``submit_delta`` with the same arguments plus ``salt``.
+Only such reveals enter the round; a reveal without a matching commitment of its own sender, or
+before the reveal window, is refused. A round that reaches ``roundLen`` short of ``minDeltas``
+keeps its reveals and commitments and opens a new commit window (``roundStart`` moves on).
+Commitments never revealed are listed in the version's provenance under ``unrevealed``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from deltachain import codec
-from deltachain.crypto.hashing import Hash32
+from deltachain.crypto.hashing import Hash32, tagged_hash
 from deltachain.crypto.keys import address_to_str
 from deltachain.crypto.merkle import leaf_hash, merkle_proof
 from deltachain.errors import ChainSpecError, InvalidCall, NotFound, Unauthorized, UnknownCall
@@ -42,10 +55,13 @@ from deltachain.model_state.commitment import (
 )
 from deltachain.model_state.config import ModelConfig, initial_weights, parse_model
 from deltachain.model_state.delta import (
+    CommitDelta,
     SubmitDelta,
     check_exponent,
+    decode_commit_delta,
     decode_gaps,
     decode_submit_delta,
+    delta_commitment,
 )
 from deltachain.primitives.types import Address
 from deltachain.runtime import system
@@ -80,6 +96,24 @@ def key_provenance(model: str, version: int) -> bytes:
     return b"model_state/prov/" + model.encode() + b"/" + version.to_bytes(8, "big")
 
 
+def key_commits(model: str) -> bytes:
+    return b"model_state/commits/" + model.encode()
+
+
+def key_commit(model: str, client: Address) -> bytes:
+    return b"model_state/commit/" + model.encode() + b"/" + client
+
+
+def key_revealed(model: str, digest: Hash32) -> bytes:
+    return b"model_state/revealed/" + model.encode() + b"/" + digest
+
+
+def delta_digest(args: Mapping[str, Any]) -> Hash32:
+    """What makes two deltas the same update: their coordinates, values and exponent."""
+    body = codec.encode({"gaps": args["gaps"], "values": args["values"], "exp": args["exp"]})
+    return tagged_hash(b"deltachain/delta-digest/v1", body)
+
+
 class StaleDelta(InvalidCall):
     """The delta's base version is older than the model's staleness limit allows."""
 
@@ -90,6 +124,30 @@ class DuplicateDelta(InvalidCall):
 
 class RoundFull(InvalidCall):
     """The round already holds maxDeltas deltas."""
+
+
+class OutsideWindow(InvalidCall):
+    """A commitment after the commit window, or a reveal before the reveal window."""
+
+
+class NoCommitment(InvalidCall):
+    """A reveal whose sender has no commitment in this round (none, or made too late)."""
+
+
+class CommitmentMismatch(InvalidCall):
+    """A reveal that does not open its sender's commitment (other args, salt or sender)."""
+
+
+class CopiedDelta(InvalidCall):
+    """A reveal of a delta another client already revealed in this round."""
+
+
+class DuplicateCommitment(InvalidCall):
+    """The client already committed to a delta in this round."""
+
+
+class CommitRevealOff(InvalidCall):
+    """commit_delta or a salt on a model that does not use commit-reveal (or the reverse)."""
 
 
 @dataclass(frozen=True)
@@ -225,16 +283,22 @@ class ModelStateModule(Module):
         raw = state.get(key_round(model))
         return [] if raw is None else [Address(a) for a in codec.decode_stored(raw)]
 
+    def committers(self, state: State, model: str) -> list[Address]:
+        raw = state.get(key_commits(model))
+        return [] if raw is None else [Address(a) for a in codec.decode_stored(raw)]
+
     # --- transactions ----------------------------------------------------------------------
 
     def decode_call(self, function: str, args: Mapping[str, Any]) -> object:
         if function == "submit_delta":
             return decode_submit_delta(args)
+        if function == "commit_delta":
+            return decode_commit_delta(args)
         raise UnknownCall(f"module 'model_state' has no function {function!r}")
 
     def precheck_call(self, state: State, sender: Address, call: object) -> None:
         """What the model's fixed configuration decides: any delta of any nonce gets these."""
-        if not isinstance(call, SubmitDelta):
+        if not isinstance(call, SubmitDelta | CommitDelta):
             raise UnknownCall(f"model_state cannot apply {type(call).__name__}")
         if not system.is_client(state, sender):
             raise Unauthorized(
@@ -245,6 +309,21 @@ class ModelStateModule(Module):
         if call.base_version > record.version:
             raise InvalidCall(
                 f"base version {call.base_version} is ahead of the model (version {record.version})"
+            )
+        if isinstance(call, CommitDelta):
+            if not config.commit_reveal:
+                raise CommitRevealOff(
+                    f"model {call.model!r} does not use commit-reveal; send submit_delta alone"
+                )
+            return
+        if config.commit_reveal and call.salt is None:
+            raise CommitRevealOff(
+                f"model {call.model!r} uses commit-reveal: send commit_delta in the commit "
+                "window, then this delta with its salt"
+            )
+        if not config.commit_reveal and call.salt is not None:
+            raise CommitRevealOff(
+                f"model {call.model!r} does not use commit-reveal; send the delta without salt"
             )
         check_exponent(call.exp, config.frac_bits)
         if int(call.indices[-1]) >= config.num_params:
@@ -264,15 +343,16 @@ class ModelStateModule(Module):
                     f"delta index {bad} is in a local layer; only global layers are aggregated"
                 )
 
-    def _record_for(self, state: State, call: SubmitDelta) -> ModelRecord:
+    def _record_for(self, state: State, call: SubmitDelta | CommitDelta) -> ModelRecord:
         try:
             return self.record(state, call.model)
         except NotFound:
             raise InvalidCall(f"no model {call.model!r} on this chain") from None
 
     def validate_call(self, state: State, sender: Address, call: object) -> None:
-        """The round's state: staleness, one delta per client per round, the round's size."""
-        if not isinstance(call, SubmitDelta):
+        """The round's state: staleness, one delta per client per round, the round's size;
+        on a commit-reveal model also the sender's commitment."""
+        if not isinstance(call, SubmitDelta | CommitDelta):
             raise UnknownCall(f"model_state cannot apply {type(call).__name__}")
         record = self._record_for(state, call)
         config = record.config
@@ -281,6 +361,20 @@ class ModelStateModule(Module):
                 f"base version {call.base_version} is stale: the model is at "
                 f"version {record.version}; download it and train again"
             )
+        if isinstance(call, CommitDelta):
+            if state.get(key_commit(call.model, sender)) is not None:
+                raise DuplicateCommitment(
+                    f"this client already committed to a delta for model {call.model!r} in "
+                    f"this round; reveal it, or wait for version {record.version + 1}"
+                )
+            if len(self.committers(state, call.model)) >= config.max_deltas:
+                raise RoundFull(
+                    f"the round for model {call.model!r} has maxDeltas commitments; "
+                    "wait for the next one"
+                )
+            return
+        if config.commit_reveal:
+            self._check_reveal(state, sender, call, record)
         if state.get(key_delta(call.model, sender)) is not None:
             raise DuplicateDelta(
                 f"this client already submitted a delta for model "
@@ -290,7 +384,58 @@ class ModelStateModule(Module):
         if len(self.round_members(state, call.model)) >= config.max_deltas:
             raise RoundFull(f"the round for model {call.model!r} is full; wait for the next one")
 
+    def _check_reveal(
+        self, state: State, sender: Address, call: SubmitDelta, record: ModelRecord
+    ) -> None:
+        """The reveal opens its own sender's commitment, made in this round for this base."""
+        raw = state.get(key_commit(call.model, sender))
+        if raw is None:
+            raise NoCommitment(
+                f"no commitment by this client for model {call.model!r} in this round; "
+                "send commit_delta in the commit window first"
+            )
+        made = codec.decode_stored(raw)
+        if made["baseVersion"] != call.base_version:
+            raise CommitmentMismatch(
+                f"the commitment was for base version {made['baseVersion']}, "
+                f"this reveal is for {call.base_version}"
+            )
+        salt = call.salt or b""  # precheck_call refused a reveal without salt already
+        if delta_commitment(call.delta_args(), salt, sender) != bytes(made["commitment"]):
+            raise CommitmentMismatch(
+                "the delta, salt and sender do not open this client's commitment"
+            )
+        # A round that reopened its commit window has public reveals: refuse their copies.
+        if state.get(key_revealed(call.model, delta_digest(call.to_args()))) is not None:
+            raise CopiedDelta(
+                f"another client already revealed this very delta for model {call.model!r}"
+            )
+
+    def check_window(self, state: State, call: object, number: int) -> None:
+        """Commit-reveal timing for a call landing in block ``number``: commitments in the
+        first ``commitLen`` blocks of the round, reveals after them. The pool runs it for the
+        next block, so a reveal is neither pooled nor gossiped while others may still commit."""
+        if not isinstance(call, SubmitDelta | CommitDelta):
+            return
+        record = self._record_for(state, call)
+        config = record.config
+        if not config.commit_reveal:
+            return
+        reveal_from = record.round_start + config.commit_len
+        if isinstance(call, CommitDelta) and number >= reveal_from:
+            raise OutsideWindow(
+                f"the commit window of model {call.model!r} closed at block {reveal_from - 1}; "
+                "commit in the next one (model_get: round.commitUntil)"
+            )
+        if isinstance(call, SubmitDelta) and number < reveal_from:
+            raise OutsideWindow(
+                f"model {call.model!r} takes reveals from block {reveal_from}; hold this delta "
+                "until then"
+            )
+
     def pool_claim(self, call: object) -> Hashable | None:
+        if isinstance(call, CommitDelta):
+            return ("model_state.commit", call.model)
         return ("model_state.round", call.model) if isinstance(call, SubmitDelta) else None
 
     def validate_pending(
@@ -298,6 +443,20 @@ class ModelStateModule(Module):
     ) -> None:
         """Deltas already waiting in the pool count toward the round: a surplus one is
         refused at submission, not admitted to fail later."""
+        if isinstance(call, CommitDelta) and claimants:
+            if sender in claimants:
+                raise DuplicateCommitment(
+                    f"this client already has a commitment for model {call.model!r} waiting "
+                    "in the pool"
+                )
+            record = self._record_for(state, call)
+            made = len(self.committers(state, call.model))
+            if made + len(claimants) >= record.config.max_deltas:
+                raise RoundFull(
+                    f"the round for model {call.model!r} is full ({made} commitments in, "
+                    f"{len(claimants)} waiting, maxDeltas {record.config.max_deltas})"
+                )
+            return
         if not isinstance(call, SubmitDelta) or not claimants:
             return
         if sender in claimants:
@@ -317,12 +476,30 @@ class ModelStateModule(Module):
     def apply_call(
         self, state: State, sender: Address, call: object, env: BlockEnv, tx_hash: Hash32
     ) -> list[Event]:
-        if not isinstance(call, SubmitDelta):  # validate_call raised already; for the type checker
+        if not isinstance(call, SubmitDelta | CommitDelta):  # validate_call raised already
             raise UnknownCall("model_state cannot apply this call")
+        self.check_window(state, call, env.number)
+        if isinstance(call, CommitDelta):
+            state.set(
+                key_commit(call.model, sender),
+                codec.encode(
+                    {
+                        "commitment": call.commitment,
+                        "baseVersion": call.base_version,
+                        "block": env.number,
+                        "tx": tx_hash,
+                    }
+                ),
+            )
+            committers = self.committers(state, call.model)
+            state.set(key_commits(call.model), codec.encode([*committers, sender]))
+            return [Event(NAME, "DeltaCommitted", {"model": call.model, "client": sender})]
         state.set(
             key_delta(call.model, sender),
-            codec.encode({"tx": tx_hash, "block": env.number, **call.to_args()}),
+            codec.encode({"tx": tx_hash, "block": env.number, **call.delta_args()}),
         )
+        if call.salt is not None:  # a commit-reveal model's reveal
+            state.set(key_revealed(call.model, delta_digest(call.to_args())), sender)
         members = self.round_members(state, call.model)
         state.set(key_round(call.model), codec.encode([*members, sender]))
         return [
@@ -347,6 +524,11 @@ class ModelStateModule(Module):
                 len(members) >= config.min_deltas and elapsed >= config.round_len
             ):
                 events.append(self.close_round(state, record, members, env))
+            elif config.commit_reveal and elapsed >= config.round_len:
+                # Short of minDeltas: keep what was committed and revealed, and open a new
+                # commit window so that more clients can join.
+                moved = dataclasses.replace(record, round_start=env.number + 1)
+                state.set(key_model(model), moved.encode())
         return events
 
     def close_round(
@@ -384,10 +566,32 @@ class ModelStateModule(Module):
         for client in clients:
             state.delete(key_delta(config.id, client))
         state.set(key_round(config.id), codec.encode([]))
+        extra: dict[str, Any] = {}
+        if config.commit_reveal:
+            committers = self.committers(state, config.id)
+            revealed = set(clients)
+            unrevealed = []
+            for client in committers:
+                made = codec.decode_stored(state.get(key_commit(config.id, client)) or b"")
+                if client not in revealed:
+                    unrevealed.append(
+                        {
+                            "client": client,
+                            "commitment": made["commitment"],
+                            "block": made["block"],
+                            "tx": made["tx"],
+                        }
+                    )
+                state.delete(key_commit(config.id, client))
+            state.set(key_commits(config.id), codec.encode([]))
+            for d in deltas:
+                state.delete(key_revealed(config.id, delta_digest(d)))
+            extra = {"commitReveal": True, "unrevealed": unrevealed}
         state.set(
             key_provenance(config.id, new_record.version),
             codec.encode(
                 {
+                    **extra,
                     "version": new_record.version,
                     "block": env.number,
                     "n": n,
@@ -441,6 +645,10 @@ class ModelStateModule(Module):
             "closesAt": closes_at,
             "needs": max(0, config.min_deltas - len(members)),
         }
+        if config.commit_reveal:
+            progress["commits"] = [address_to_str(a) for a in self.committers(state, config.id)]
+            progress["commitUntil"] = record.round_start + config.commit_len - 1
+            progress["revealFrom"] = record.round_start + config.commit_len
         if isinstance(at, int) and not isinstance(at, bool):
             progress["blocksLeft"] = max(0, closes_at - at)
         return progress

@@ -594,6 +594,7 @@ class Chain:
             self.pool.ban([self._verified_key(tx)])  # forged, foreign or meaningless
             raise
         module = self.runtime.module(tx.call.module)
+        module.check_window(state, checked.call, self.storage.best_header().number + 1)
         claim = module.pool_claim(checked.call)
         if claim is not None and announce:
             # Only what this node's own users submit is refused for what other pools hold:

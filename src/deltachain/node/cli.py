@@ -37,7 +37,14 @@ from deltachain.crypto.keystore import (
     write_key_file,
 )
 from deltachain.errors import DeltachainError, KeystoreError
-from deltachain.model_state.delta import LOSS_SCALE, SubmitDelta, quantize_top_p
+from deltachain.model_state.delta import (
+    LOSS_SCALE,
+    SALT_BYTES,
+    CommitDelta,
+    SubmitDelta,
+    delta_commitment,
+    quantize_top_p,
+)
 from deltachain.node.metrics import DEFAULT_PORT as DEFAULT_PROMETHEUS_PORT
 from deltachain.node.rpc import (
     BODY_TIMEOUT,
@@ -424,7 +431,50 @@ def cmd_submit_delta(args: argparse.Namespace) -> int:
         loss_post=micro["post"],
     )
     print(f"delta for {args.model} v{base}: {delta.indices.size} coordinates, exp {delta.exp}")
+    if model.get("commitReveal"):
+        return _commit_and_reveal(args, client, delta)
     return send_call(args, "model_state", "submit_delta", delta.to_args())
+
+
+def _next_block_and_round(client: RpcClient, model: str) -> tuple[int, dict[str, Any]]:
+    best = int(client.call("chain_getHeader")["number"])
+    return best + 1, client.call("model_get", model)["round"]
+
+
+def _commit_and_reveal(args: argparse.Namespace, client: RpcClient, delta: SubmitDelta) -> int:
+    """A commit-reveal model: commit in the commit window (waiting for it to be in a block),
+    hold the delta until the reveal window opens, then reveal it with its salt (``--wait``
+    applies to the reveal)."""
+    key = load_key(args.key, args.password_file)
+    deadline = time.monotonic() + args.timeout
+    salted = dataclasses.replace(delta, salt=os.urandom(SALT_BYTES))
+    assert salted.salt is not None
+    commitment = delta_commitment(salted.delta_args(), salted.salt, key.address)
+    while True:
+        number, progress = _next_block_and_round(client, args.model)
+        if number <= int(progress["commitUntil"]):
+            break
+        if time.monotonic() > deadline:
+            raise DeltachainError(
+                f"no commit window for model {args.model!r} within {args.timeout:.0f} s "
+                f"(the next opens at block {progress['start']} + roundLen or later)"
+            )
+        time.sleep(0.25)
+    print(f"committing (commit window until block {progress['commitUntil']})", flush=True)
+    call = CommitDelta(args.model, salted.base_version, commitment)
+    in_block = argparse.Namespace(**{**vars(args), "wait": "in-block"})
+    code = send_call(in_block, "model_state", "commit_delta", call.to_args())
+    if code != 0:
+        return code
+    while True:
+        number, progress = _next_block_and_round(client, args.model)
+        if number >= int(progress["revealFrom"]):
+            break
+        if time.monotonic() > deadline:
+            raise DeltachainError(f"the reveal window did not open within {args.timeout:.0f} s")
+        time.sleep(0.25)
+    print(f"revealing (reveal window from block {progress['revealFrom']})", flush=True)
+    return send_call(args, "model_state", "submit_delta", salted.to_args())
 
 
 def cmd_register_client(args: argparse.Namespace) -> int:

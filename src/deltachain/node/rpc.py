@@ -120,6 +120,18 @@ DEFAULT_CORS = (
 """Browser origins allowed by default (Substrate's list, without polkadot.js.org)."""
 MAX_PROOF_KEYS = 256
 MAX_WEIGHTS_PAGE = {"raw": 1 << 18, "float": 1 << 16}
+HEAVY_READS = frozenset(
+    {
+        "model_getWeights",
+        "model_getChunkProof",
+        "state_getReadProof",
+        "chain_getBlock",
+        "finality_proveFinality",
+        "grandpa_proveFinality",
+    }
+)
+"""Reads whose answer can be large: the node runs them after all other work and caps the
+share of the chain thread they take (``node/service.py: READ_SHARE``)."""
 MAX_QUEUED_EVENTS = 4096
 """A subscriber this far behind is dropped rather than buffered without bound."""
 ROUTE_LIMIT = 256
@@ -613,11 +625,14 @@ class RpcServer:
         metrics: NodeMetrics | None = None,
         rpc_methods: str = "auto",
         limits: RpcLimits | None = None,
+        read: ChainRunner | None = None,
     ) -> None:
         if rpc_methods not in RPC_METHODS_POLICIES:
             raise ValueError(f"rpc_methods must be one of {RPC_METHODS_POLICIES}")
         self.chain = chain
         self.run = run
+        self.read = read or run
+        """Where ``HEAVY_READS`` run: after other users' work, within a share of the thread."""
         self.peers = peers
         self.local_peer_id = local_peer_id
         self.is_syncing = is_syncing
@@ -1057,7 +1072,8 @@ class RpcServer:
                 handler = self.methods.get(method)
                 if handler is None:
                     raise RpcError(METHOD_NOT_FOUND, f"method {method!r} not found")
-                result = await self.run(handler, params)
+                runner = self.read if method in HEAVY_READS else self.run
+                result = await runner(handler, params)
             if self.metrics is not None:
                 self.metrics.rpc_calls.inc(1, method)
         except RpcError as exc:

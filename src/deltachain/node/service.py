@@ -206,37 +206,65 @@ def chain_runner(executor: ThreadPoolExecutor) -> ChainRunner:
     return run
 
 
+READ_SHARE = 0.2
+"""The most of the chain thread's time heavy reads (weights pages, proofs, whole blocks) may
+take while they keep arriving: after a read that took t, the next waits t · (1 − share) / share
+unless other work comes first. Four validators on two cores flooded with 1 MiB weight pages
+missed 29 of 44 slots without it (docs/performance.md)."""
+
+
 class ChainThread:
-    """The one thread that touches the chain, with two queues: consensus work (authoring,
+    """The one thread that touches the chain, with three queues: consensus work (authoring,
     block import, votes, justifications, sync) always goes before work for users (RPC calls,
-    light-protocol reads, peers' transaction batches). A fleet flooding the pool or readers
-    flooding the RPC then wait for each other, never the slot or the vote."""
+    light-protocol reads, peers' transaction batches), and that before heavy reads, which
+    also get at most ``READ_SHARE`` of the thread's time. A fleet flooding the pool or readers
+    flooding the RPC then wait for each other, never the slot or the vote; and readers cannot
+    take the whole CPU from the network and the event loop that deliver blocks and votes."""
 
     CONSENSUS = 0
     USERS = 1
+    READS = 2
 
-    def __init__(self) -> None:
+    def __init__(self, read_share: float = READ_SHARE) -> None:
+        if not 0 < read_share <= 1:
+            raise ValueError("read_share must be in (0, 1]")
+        self.read_share = read_share
         self._queue: queue.PriorityQueue[tuple[int, int, Any]] = queue.PriorityQueue()
         self._seq = itertools.count()
+        self._other_work = threading.Event()
+        self._reads_resume = 0.0
         self._thread = threading.Thread(target=self._work, name="chain", daemon=True)
         self._thread.start()
 
     def _work(self) -> None:
         while True:
-            _, _, job = self._queue.get()
+            priority, seq, job = self._queue.get()
             if job is None:
                 return
+            if priority == self.READS:
+                wait = self._reads_resume - time.monotonic()
+                if wait > 0:  # reads had their share: wait, unless other work arrives
+                    self._other_work.clear()
+                    self._queue.put((priority, seq, job))
+                    self._other_work.wait(min(wait, 0.01))
+                    continue
             future, fn, args = job
             if not future.set_running_or_notify_cancel():
                 continue
+            started = time.monotonic()
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to the awaiting coroutine
                 future.set_exception(exc)
+            if priority == self.READS:
+                spent = time.monotonic() - started
+                self._reads_resume = time.monotonic() + spent * (1 / self.read_share - 1)
 
     def _submit(self, priority: int, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((priority, next(self._seq), (future, fn, args)))
+        if priority != self.READS:
+            self._other_work.set()
         return asyncio.wrap_future(future)
 
     async def urgent(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -245,12 +273,17 @@ class ChainThread:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await self._submit(self.USERS, fn, args)
 
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A heavy read for a user: after every other queue, within ``read_share``."""
+        return await self._submit(self.READS, fn, args)
+
     def pending(self) -> int:
         return self._queue.qsize()
 
     def shutdown(self) -> None:
         """Finish what is queued, then stop (the queue's last entry ends the thread)."""
-        self._queue.put((self.USERS + 1, next(self._seq), None))
+        self._queue.put((self.READS + 1, next(self._seq), None))
+        self._other_work.set()
         self._thread.join()
 
 
@@ -265,6 +298,7 @@ async def _serve(chain: Chain, config: NodeConfig, stop: asyncio.Event) -> None:
     rpc = RpcServer(
         chain,
         run,
+        read=chain_thread.read,
         node_name=config.name,
         peers=service.peer_ids,
         local_peer_id=service.local_peer_id,

@@ -86,6 +86,11 @@ class Module(ABC):
         were applied first: refuse at submission what would fail once they are."""
         return None
 
+    def check_window(self, state: State, call: object, number: int) -> None:
+        """Checks on when a call may land (raise InvalidCall): the pool runs them for the
+        next block, so a call that must wait (a commit-reveal reveal) is not pooled early."""
+        return None
+
     def on_finalize(self, state: State, env: BlockEnv) -> list[Event]:
         """End-of-block hook (e.g. closing a model round)."""
         return []
