@@ -215,6 +215,8 @@ class FleetLoad:
         self.report = LoadReport(config.seconds)
         self.versions_seen: set[int] = set()
         self.heads: list[list[tuple[int, str]]] = [[] for _ in config.urls]
+        self.final_at: dict[int, float] = {}
+        """When node 0 was first seen to have finalized each height."""
         """Per node, every (finalized number, hash) observed, in order."""
         self.errors: list[str] = []
 
@@ -398,10 +400,10 @@ class FleetLoad:
     # --- observers -----------------------------------------------------------------------
 
     def _observer(self) -> None:
-        """Read finalized blocks from node 0 and every node's finalized head."""
+        """Every node's finalized head, polled (cheap calls); node 0's record when each
+        height was first seen final, which is when its transactions count as finalized."""
         rpcs = [Rpc(url) for url in self.config.urls]
-        last_number = int(rpcs[0].call("chain_getHeader", rpcs[0].call("chain_getFinalizedHead"))[
-            "number"])  # fmt: skip
+        last_number = self._finalized_number(rpcs[0])
         try:
             while not self.stop.is_set() or not self._drained():
                 for node, rpc in enumerate(rpcs):
@@ -412,12 +414,45 @@ class FleetLoad:
                         continue  # a node may be down (faults are injected on purpose)
                     self.heads[node].append((number, head))
                     if node == 0 and number > last_number:
-                        self._read_finalized(rpc, last_number + 1, number)
+                        now = time.monotonic()
+                        with self.lock:
+                            for n in range(last_number + 1, number + 1):
+                                self.final_at[n] = now
                         last_number = number
                 time.sleep(self.config.poll_s)
         finally:
             for rpc in rpcs:
                 rpc.close()
+
+    def _reader(self) -> None:
+        """Read the finalized blocks' bodies, behind the head poll (a node serves block reads
+        after consensus work, in a capped share): their transactions are timed by when their
+        height was first seen final, not by when the body was read."""
+        rpcs = [Rpc(url) for url in self.config.urls]
+        read = self._finalized_number(rpcs[0])
+        try:
+            while not self.stop.is_set() or not self._drained():
+                with self.lock:
+                    ready = [n for n in range(read + 1, read + 64) if n in self.final_at]
+                if not ready:
+                    time.sleep(self.config.poll_s)
+                    continue
+                for number in ready:
+                    rpc = rpcs[number % len(rpcs)]
+                    try:
+                        block = rpc.call("chain_getBlock", rpc.call("chain_getBlockHash", number))
+                    except DeltachainError:
+                        rpc = rpcs[0]
+                        block = rpc.call("chain_getBlock", rpc.call("chain_getBlockHash", number))
+                    self._note_final(block["block"]["extrinsics"], self.final_at[number])
+                    read = number
+        finally:
+            for rpc in rpcs:
+                rpc.close()
+
+    @staticmethod
+    def _finalized_number(rpc: Rpc) -> int:
+        return int(rpc.call("chain_getHeader", rpc.call("chain_getFinalizedHead"))["number"])
 
     def _drained(self) -> bool:
         if time.monotonic() > self.drain_deadline:
@@ -425,16 +460,13 @@ class FleetLoad:
         with self.lock:
             return all(s.finalized_at is not None for s in self.submitted.values())
 
-    def _read_finalized(self, rpc: Rpc, first: int, last: int) -> None:
-        now = time.monotonic()
-        for number in range(first, last + 1):
-            block = rpc.call("chain_getBlock", rpc.call("chain_getBlockHash", number))
-            for raw in block["block"]["extrinsics"]:
-                tx_hash = "0x" + SignedTransaction.decode(bytes.fromhex(raw[2:])).hash.hex()
-                with self.lock:
-                    found = self.submitted.get(tx_hash)
-                    if found is not None and found.finalized_at is None:
-                        found.finalized_at = now
+    def _note_final(self, extrinsics: list[str], at: float) -> None:
+        for raw in extrinsics:
+            tx_hash = "0x" + SignedTransaction.decode(bytes.fromhex(raw[2:])).hash.hex()
+            with self.lock:
+                found = self.submitted.get(tx_hash)
+                if found is not None and found.finalized_at is None:
+                    found.finalized_at = at
 
     # --- run -----------------------------------------------------------------------------
 
@@ -446,7 +478,9 @@ class FleetLoad:
             for n in range(len(cfg.urls))
         ]
         observer = threading.Thread(target=self._observer, daemon=True, name="observer")
+        reader = threading.Thread(target=self._reader, daemon=True, name="reader")
         observer.start()
+        reader.start()
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -464,6 +498,7 @@ class FleetLoad:
         for thread in threads:
             thread.join(timeout=30)
         observer.join(timeout=cfg.drain_s + 30)
+        reader.join(timeout=30)
         self._check()
         return self.report
 
