@@ -196,6 +196,9 @@ class Fabric:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             ip("netns", "del", ns, check=False)
+        for i in range(len(self._created_ns)):  # a namespace still referenced keeps its pair
+            if ip("link", "show", f"{self.tag}-h{i}", check=False).returncode == 0:
+                ip("link", "del", f"{self.tag}-h{i}", check=False)
         self._created_ns.clear()
         if self._created_bridge:
             ip("link", "del", self.bridge, check=False)
