@@ -201,7 +201,7 @@ class Chaos:
         )
         self.steps: list[Step] = []
         self.running = [True] * 4
-        self.wiped_at: dict[int, float] = {}
+        self.wiped_at: dict[int, list[float]] = {}
         self.submitted = 0
         self.sent: list[Sent] = []
         self.sent_lock = threading.Lock()
@@ -365,7 +365,7 @@ class Chaos:
 
     def wipe(self, i: int) -> None:
         self.kill([i])
-        self.wiped_at[i] = time.monotonic()
+        self.wiped_at.setdefault(i, []).append(time.monotonic())
         aside = self.net.dir / f"wiped-{i}-{len(self.steps)}"
         aside.mkdir(exist_ok=True)
         for path in (self.net.dir / self.net.validators[i].name).glob("chain.sqlite*"):
@@ -544,10 +544,11 @@ class Chaos:
         decreases = []
         for i, series in enumerate(obs.finalized):
             top = -1
-            wiped = self.wiped_at.get(i)
+            wipes = list(self.wiped_at.get(i, []))
             for at, number in series:
-                if wiped is not None and at > wiped:
-                    top, wiped = -1, None  # its database was moved aside: it starts over
+                while wipes and at > wipes[0]:
+                    top = -1  # its database was moved aside (each time): it starts over
+                    wipes.pop(0)
                 if number < top:
                     decreases.append(f"node {i}: #{top} → #{number}")
                 top = max(top, number)
