@@ -60,8 +60,9 @@ def free_block(n: int, avoid: set[int]) -> int:
 class Rpc:
     """A keep-alive JSON-RPC client (one per polling thread)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
         self.port = port
+        self.host = host
         self.conn: http.client.HTTPConnection | None = None
 
     def call(self, method: str, *params: Any) -> Any:
@@ -69,7 +70,7 @@ class Rpc:
         for attempt in range(2):
             try:
                 if self.conn is None:
-                    self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                    self.conn = http.client.HTTPConnection(self.host, self.port, timeout=2)
                 self.conn.request("POST", "/", body, {"Content-Type": "application/json"})
                 reply = json.loads(self.conn.getresponse().read())
                 return reply["result"]
@@ -172,6 +173,11 @@ class Net:
     @property
     def rpc_ports(self) -> list[int]:
         return [self.rpc + i for i in range(4)]
+
+    @property
+    def rpc_addrs(self) -> list[tuple[str, int]]:
+        """(host, port) of every node's RPC, as in ``netns.NsNet`` (distinct hosts there)."""
+        return [("127.0.0.1", port) for port in self.rpc_ports]
 
     def start(self, i: int) -> None:
         log = self.dir / "logs" / f"{self.validators[i].name}.log"
