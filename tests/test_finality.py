@@ -179,10 +179,34 @@ def test_proposal_uses_highest_justified_source() -> None:
     b1 = tree.child(tree.root)
     b2 = tree.child(b1)
     gadget = FinalityGadget(GENESIS, 0, SET, tree.root)
-    assert gadget.proposal(b2, tree, VoteRecord()) == link(tree.root, b2)
+    assert gadget.proposal(b2, tree, VoteRecord()) == link(tree.root, b1)  # the source's child
     vote_all(gadget, tree, link(tree.root, b1), KEYS[:3])
     assert gadget.proposal(b2, tree, VoteRecord()) == link(b1, b2)
     assert gadget.proposal(b1, tree, VoteRecord()) is None  # nothing above the source
+
+
+def test_votes_target_the_sources_child_so_slow_votes_still_finalize() -> None:
+    """Targeting the head, votes slower than a slot skip blocks: links justify without ever
+    finalizing (the stall bench_chaos saw under overload). The source's child instead."""
+    tree = Tree()
+    chain = [tree.root]
+    for _ in range(6):
+        chain.append(tree.child(chain[-1]))
+    gadget = FinalityGadget(GENESIS, 0, SET, tree.root)
+    record = VoteRecord()
+    for step in range(5):  # the head is always 2 blocks ahead of what votes have reached
+        head = chain[min(step + 2, 6)]
+        proposed = gadget.proposal(head, tree, record)
+        assert proposed == link(chain[step], chain[step + 1])
+        out = vote_all(gadget, tree, proposed, KEYS[:3])
+        record = VoteRecord(0, proposed.source.number, proposed.target.number)
+        if step:
+            assert out.finalized is not None
+            assert out.finalized.source == chain[step]
+    assert gadget.finalized == chain[4]
+    # a target height already voted at (a losing fork) moves the target up one block
+    assert gadget.proposal(chain[6], tree, VoteRecord(0, 4, 6)) is None
+    assert gadget.proposal(chain[6], tree, VoteRecord(0, 4, 5)) == link(chain[5], chain[6])
 
 
 def test_justification_verification_and_encoding() -> None:
@@ -230,7 +254,7 @@ def test_a_fresh_gadget_learns_the_justified_block_from_re_sent_votes() -> None:
     assert len([v for v in pending if v.link == link(b1, b2)]) == 3
 
     restarted = FinalityGadget(GENESIS, 0, SET, b1)  # knows only its stored finalized block
-    assert restarted.proposal(b3, tree, VoteRecord()) == link(b1, b3)  # one behind
+    assert restarted.proposal(b3, tree, VoteRecord()) == link(b1, b2)  # one behind
     for vote in pending:
         restarted.add_vote(vote, tree)
     assert restarted.justified.get(b2.hash) == 2
