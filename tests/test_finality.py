@@ -204,9 +204,13 @@ def test_votes_target_the_sources_child_so_slow_votes_still_finalize() -> None:
             assert out.finalized is not None
             assert out.finalized.source == chain[step]
     assert gadget.finalized == chain[4]
-    # a target height already voted at (a losing fork) moves the target up one block
-    assert gadget.proposal(chain[6], tree, VoteRecord(0, 4, 6)) is None
+    # having voted at the child's height already (votes split over forks, or a restart), a
+    # voter targets the head, where voters with different records meet again
     assert gadget.proposal(chain[6], tree, VoteRecord(0, 4, 5)) == link(chain[5], chain[6])
+    ahead = FinalityGadget(GENESIS, 0, SET, tree.root)
+    vote_all(ahead, tree, link(tree.root, chain[1]), KEYS[:3])
+    assert ahead.proposal(chain[6], tree, VoteRecord(0, 0, 2)) == link(chain[1], chain[6])
+    assert ahead.proposal(chain[6], tree, VoteRecord(0, 0, 6)) is None
 
 
 def test_justification_verification_and_encoding() -> None:

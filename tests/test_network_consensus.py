@@ -36,7 +36,7 @@ import pytest
 
 from deltachain.chain import construct_runtime
 from deltachain.consensus.aura import author_of, seal_header
-from deltachain.consensus.finality import VoteRecord, sign_vote
+from deltachain.consensus.finality import Checkpoint, Link, VoteRecord, sign_vote
 from deltachain.crypto.keys import Keypair, address_to_str
 from deltachain.crypto.keystore import plain_key, write_key_file
 from deltachain.errors import InvalidBlock, InvalidSeal
@@ -611,13 +611,10 @@ def test_conflicting_votes_are_reported_as_evidence(tmp_path: Path) -> None:
         sibling = build_sealed(chain, 4005, key_of(4005, chain))
         chain.import_block(b, now_slot=None)
         chain.import_block(sibling, now_slot=None)
-        link = chain.gadget.proposal(chain.storage.header(b.hash), chain.storage, VoteRecord())
-        other = chain.gadget.proposal(
-            chain.storage.header(sibling.hash), chain.storage, VoteRecord()
-        )
-        assert link is not None
-        assert other is not None
-        assert link.source.number == other.source.number == genesis_header.number
+        # (honest voters target the source's child; a faulty one signs two targets at height 2)
+        source = Checkpoint(genesis_header.hash, genesis_header.number)
+        link = Link(chain.gadget.set_id, source, Checkpoint(b.hash, b.number))
+        other = Link(chain.gadget.set_id, source, Checkpoint(sibling.hash, sibling.number))
         voter = VALIDATORS[3]
         chain.add_vote(sign_vote(voter, link, chain.genesis_hash))
         chain.add_vote(sign_vote(voter, other, chain.genesis_hash))
@@ -658,12 +655,28 @@ def service_for(chain: Chain, tmp_path: Path) -> NodeService:
     return NodeService(chain, config, run, asyncio.Event())
 
 
+VOTE_RECORDS: dict[bytes, VoteRecord] = {}
+"""Each simulated voter's last vote, as an honest validator keeps it (cleared per test)."""
+
+
+@pytest.fixture(autouse=True)
+def _fresh_voters() -> Iterator[None]:
+    VOTE_RECORDS.clear()
+    yield
+    VOTE_RECORDS.clear()
+
+
 def vote_all(chain: Chain, keys: Sequence[Keypair]) -> list[Any]:
-    """Every key votes for ``chain``'s head (fresh records: each key votes once per height)."""
-    link = chain.gadget.proposal(chain.storage.best_header(), chain.storage, VoteRecord())
-    if link is None:
-        return []
-    votes = [sign_vote(key, link, chain.genesis_hash) for key in keys]
+    """Every key votes as an honest validator whose best block is ``chain``'s head: the
+    gadget's proposal under the key's own record of what it signed before."""
+    votes = []
+    for key in keys:
+        record = VOTE_RECORDS.get(key.address, VoteRecord())
+        link = chain.gadget.proposal(chain.storage.best_header(), chain.storage, record)
+        if link is None:
+            continue
+        VOTE_RECORDS[key.address] = VoteRecord(link.set_id, link.source.number, link.target.number)
+        votes.append(sign_vote(key, link, chain.genesis_hash))
     for vote in votes:
         chain.add_vote(vote)
     return votes

@@ -211,21 +211,20 @@ class FinalityGadget:
     def proposal(self, head: Header, tree: BlockTree, record: VoteRecord) -> Link | None:
         """The link this node should sign with ``head`` as its best block, if the rules allow.
 
-        The target is the lowest block of the head's chain above the source at a height this
-        node has not voted at yet: normally the source's direct child, so a supermajority on
-        it finalizes the source. Targeting the head instead stalls finality whenever votes
-        take longer than a slot: the head moves on, supermajority links skip blocks (seen under
-        overload: #521 → #546, #521 → #647) and blocks are justified but never finalized. A
-        target height already used (a vote on a losing fork) moves the target one up."""
+        The target is the source's child on the head's chain, so a supermajority on it
+        finalizes the source. Targeting the head instead stalls finality whenever votes take
+        longer than a slot: the head moves on, supermajority links skip blocks (seen under
+        overload: #521 → #546, #521 → #647) and blocks are justified but never finalized.
+        Once this node has voted at the child's height (its votes split over forks, or it
+        restarted), it targets the head, where voters whose records differ meet again."""
         source = self.highest_justified_on(head.hash, tree)
-        height = source.number + 1
-        if record.set_id == self.set_id:
-            height = max(height, record.target_number + 1)
-        if head.number < height:
+        if head.number <= source.number:
             return None
         target: Header | None = head
-        while target is not None and target.number > height:
-            target = tree.header_or_none(target.parent_hash)
+        child_voted = record.set_id == self.set_id and record.target_number > source.number
+        if not child_voted:
+            while target is not None and target.number > source.number + 1:
+                target = tree.header_or_none(target.parent_hash)
         if target is None:
             return None
         link = Link(self.set_id, source, Checkpoint(target.hash, target.number))
