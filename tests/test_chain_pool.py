@@ -251,3 +251,29 @@ def _rpc_raw(url: str, method: str, *params: Any) -> dict[str, Any]:
 
 def _rpc(url: str, method: str, *params: Any) -> Any:
     return _rpc_raw(url, method, *params)["result"]
+
+
+def test_a_restart_keeps_the_pool(tmp_path: Path) -> None:
+    """Accepted but not yet included transactions survive a stop and start (every validator
+    restarted at once would otherwise lose them without a fate)."""
+    chain = Chain(spec(), construct_runtime(), tmp_path / "db")
+    pooled = [
+        delta_tx(chain, DEVICES[0]),
+        remark(chain, DEVICES[1], 0),
+        remark(chain, DEVICES[1], 3),
+    ]
+    for tx in pooled:
+        chain.submit_transaction(tx.encode())
+    chain.close()
+    again = Chain(spec(), construct_runtime(), tmp_path / "db")
+    try:
+        assert {tx.hash for tx in again.pool.all()} == {tx.hash for tx in pooled}
+        assert all(again.transaction_status(tx.hash) == {"status": "pool"} for tx in pooled)
+        assert sorted(again.outbox) == sorted(tx.encode() for tx in pooled)  # gossiped again
+        result = author(again)
+        assert len(result.block.transactions) == 2  # the future one still waits for nonce 1
+    finally:
+        again.close()
+    (tmp_path / "db" / "txpool.cbor").write_bytes(b"\xff garbage")
+    third = Chain(spec(), construct_runtime(), tmp_path / "db")  # unreadable: start empty
+    third.close()

@@ -332,13 +332,23 @@ class FleetLoad:
         held: dict[int, tuple[int, SubmitDelta]] = {}  # committed, not yet revealed
         try:
             while not self.stop.is_set():
-                model = rpc.call("model_get", cfg.model)
+                try:
+                    model = rpc.call("model_get", cfg.model)
+                except NetworkError:  # the node is down (a fault on purpose): its devices wait
+                    self.stop.wait(1.0)
+                    continue
                 version = int(model["version"])
                 with self.lock:
                     self.versions_seen.add(version)
                 if model.get("commitReveal"):
                     self._commit_reveal(node, rpc, rng, model, mine, nonces, done_for, held)
                     self.stop.wait(cfg.poll_s)
+                    continue
+                try:
+                    for i in [i for i in mine if nonces[i] < 0]:
+                        address = address_to_str(cfg.devices[i].address)
+                        nonces[i] = int(rpc.call("system_accountNextIndex", address))
+                except NetworkError:
                     continue
                 todo = [i for i in mine if done_for.get(i, -1) < version]
                 for start in range(0, len(todo), BATCH):
@@ -357,9 +367,14 @@ class FleetLoad:
                         for i in chunk
                     ]
                     at = time.monotonic()
-                    replies = rpc.batch(
-                        [("author_submitExtrinsic", ["0x" + tx.encode().hex()]) for tx in txs]
-                    )
+                    try:
+                        replies = rpc.batch(
+                            [("author_submitExtrinsic", ["0x" + tx.encode().hex()]) for tx in txs]
+                        )
+                    except NetworkError:  # no answer: not accepted as far as devices know
+                        for i in chunk:
+                            nonces[i] = -1  # re-read once the node answers again
+                        break
                     self._record(node, version, chunk, txs, replies, at, nonces, done_for, rpc)
                 self.stop.wait(cfg.poll_s)
         except DeltachainError as exc:
@@ -438,17 +453,31 @@ class FleetLoad:
                     time.sleep(self.config.poll_s)
                     continue
                 for number in ready:
-                    rpc = rpcs[number % len(rpcs)]
-                    try:
-                        block = rpc.call("chain_getBlock", rpc.call("chain_getBlockHash", number))
-                    except DeltachainError:
-                        rpc = rpcs[0]
-                        block = rpc.call("chain_getBlock", rpc.call("chain_getBlockHash", number))
+                    block = self._final_block(rpcs, number)
+                    if block is None:  # node 0 did not answer: try again next turn
+                        break
                     self._note_final(block["block"]["extrinsics"], self.final_at[number])
                     read = number
         finally:
             for rpc in rpcs:
                 rpc.close()
+
+    @staticmethod
+    def _final_block(rpcs: list[Rpc], number: int) -> Any:
+        """Node 0's finalized block at ``number``, by hash (a lagging or restarted node may
+        hold another block at that height, or none), read from any node that has it."""
+        try:
+            block_hash = rpcs[0].call("chain_getBlockHash", number)
+        except DeltachainError:
+            return None
+        for rpc in (rpcs[number % len(rpcs)], rpcs[0]):
+            try:
+                block = rpc.call("chain_getBlock", block_hash)
+            except DeltachainError:
+                continue
+            if block is not None and block["block"]["header"]["hash"] == block_hash:
+                return block
+        return None
 
     @staticmethod
     def _finalized_number(rpc: Rpc) -> int:

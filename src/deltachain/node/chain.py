@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ MAX_FATES = 65_536
 MAX_VERIFIED = 16_384
 """How many checked transactions (signature verified, call decoded) the node remembers, so
 block import neither verifies nor decodes them again (~1 KiB each)."""
+POOL_FILE = "txpool.cbor"
+POOL_SAVE_EVERY_S = 5.0
+MAX_POOL_FILE = 64 << 20
 AUTHOR_BUDGET = 0.4
 """The share of a slot an author may spend applying pool transactions: the block, its import
 and its gossip must fit in the slot however full the pool is."""
@@ -119,6 +123,8 @@ class Chain:
         self._next_expiry = 0.0
         self.outbox: deque[bytes] = deque()
         """Transactions this node accepted from its own users, for the node to gossip."""
+        self._pool_file = base_path / POOL_FILE
+        self._pool_saved_at = time.monotonic()
         self._seals: dict[tuple[Slot, Address], Header] = {}
         self.evidence: list[tuple[str, bytes, bytes]] = []
         self.last_finalized_at = time.monotonic()
@@ -146,6 +152,7 @@ class Chain:
         except BaseException:
             self.storage.close()
             raise
+        self._restore_pool()
 
     def _restore_finality(self) -> None:
         """Rebuild what the gadget knew before a restart: the block justified by the newest
@@ -169,7 +176,61 @@ class Chain:
             )
 
     def close(self) -> None:
+        try:
+            self.save_pool()
+        except OSError as exc:
+            log.warning("pool not saved (%s): its transactions are not restored on start", exc)
         self.storage.close()
+
+    # --- the pool across restarts --------------------------------------------------------
+
+    def save_pool(self) -> None:
+        """Write the pool's transactions beside the database (atomic replace): a restart,
+        even of every validator at once, must not lose what was accepted and not yet included.
+        Written at shutdown and every POOL_SAVE_EVERY_S after a block, which bounds what a
+        kill -9 of every validator at once can lose to that much submission time."""
+        data = codec.encode([tx.encode() for tx in self.pool.all()])
+        tmp = self._pool_file.with_name(self._pool_file.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self._pool_file)
+        self._pool_saved_at = time.monotonic()
+
+    def _restore_pool(self) -> None:
+        """Pool again what the last run held, on validity alone (sender, nonce, signature):
+        the block that includes a transaction states how its call fares, so none is dropped
+        here without a fate. Restored transactions are gossiped again."""
+        try:
+            raw = self._pool_file.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("cannot read the saved pool %s (%s); starting empty", self._pool_file, exc)
+            return
+        try:
+            items = codec.decode(raw, max_size=MAX_POOL_FILE, what="saved pool")
+        except DecodeError as exc:
+            log.warning("ignoring the unreadable saved pool %s (%s)", self._pool_file, exc)
+            return
+        state = self.best_state()
+        restored = 0
+        for item in items if isinstance(items, list) else []:
+            try:
+                tx = SignedTransaction.decode(item)
+                if tx.hash in self.pool or self._on_best_chain(tx.hash):
+                    continue
+                self._readmit(tx, state)
+            except DeltachainError as exc:
+                with contextlib.suppress(DeltachainError):
+                    self._fate(
+                        SignedTransaction.decode(item).hash,
+                        "dropped",
+                        f"not pooled again after a restart: {exc}",
+                    )
+                continue
+            self.outbox.append(item)
+            restored += 1
+        if restored:
+            log.info("%d pooled transactions restored from %s", restored, self._pool_file)
 
     def warm_up(self) -> float:
         """Compile or load every runtime module's kernels now, never during a block import."""
@@ -262,6 +323,12 @@ class Chain:
             if tx_hash not in included and not self._on_best_chain(tx_hash):
                 self._fate(tx_hash, "dropped", "its nonce was used by another transaction")
         now = time.monotonic()
+        if now - self._pool_saved_at > POOL_SAVE_EVERY_S:
+            try:
+                self.save_pool()
+            except OSError as exc:
+                self._pool_saved_at = now  # say it once a period, not every block
+                log.warning("pool not saved (%s)", exc)
         if now < self._next_expiry:
             return
         self._next_expiry = now + 5.0
