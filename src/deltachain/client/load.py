@@ -254,11 +254,9 @@ class FleetLoad:
                     for _ in chunk
                 ]
                 txs = [
-                    sign_transaction(
-                        cfg.devices[i],
-                        cfg.genesis,
-                        nonces[i],
-                        "model_state",
+                    self._signed(
+                        i,
+                        nonces,
                         "commit_delta",
                         CommitDelta(
                             cfg.model,
@@ -301,11 +299,9 @@ class FleetLoad:
         for start in range(0, len(ready), BATCH):
             chunk = ready[start : start + BATCH]
             txs = [
-                sign_transaction(
-                    cfg.devices[i],
-                    cfg.genesis,
-                    nonces[i],
-                    "model_state",
+                self._signed(
+                    i,
+                    nonces,
                     "submit_delta",
                     held.pop(i)[1].to_args(),
                 )
@@ -316,6 +312,15 @@ class FleetLoad:
                 [("author_submitExtrinsic", ["0x" + tx.encode().hex()]) for tx in txs]
             )
             self._record(node, version, chunk, txs, replies, at, nonces, done_for, rpc)
+
+    def _signed(
+        self, i: int, nonces: dict[int, int], function: str, args: dict[str, Any]
+    ) -> SignedTransaction:
+        """Device ``i``'s next model_state call, signed for the chain the load trusts."""
+        cfg = self.config
+        return sign_transaction(
+            cfg.devices[i], cfg.genesis, nonces[i], "model_state", function, args
+        )
 
     def _submitter(self, node: int) -> None:
         """Devices assigned to ``node`` submit one delta per model version through it (on a
@@ -356,11 +361,9 @@ class FleetLoad:
                         break
                     chunk = todo[start : start + BATCH]
                     txs = [
-                        sign_transaction(
-                            cfg.devices[i],
-                            cfg.genesis,
-                            nonces[i],
-                            "model_state",
+                        self._signed(
+                            i,
+                            nonces,
                             "submit_delta",
                             self._delta(rng, model).to_args(),
                         )
